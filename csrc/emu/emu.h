@@ -1,0 +1,11 @@
+// The test-only backend cuda-emu: the .cu kernels compiled as C++ under cuda_emu.h, exposed to Python
+// with the same launch signature CuPy uses: kernel(grid, block, *args).
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace md::emu {
+
+void register_sampler_step(pybind11::module_& m);
+
+}  // namespace md::emu

@@ -1,0 +1,5 @@
+import sys
+
+from minidiff.cli import main
+
+sys.exit(main())

@@ -1,0 +1,251 @@
+"""Exercises: reference code with its solution marked, and the student stubs generated from it.
+
+In the reference code an exercise is a function (or method) decorated with ``@exercise("exN.M")``
+whose body holds one marked region::
+
+    @exercise("ex00.1")
+    def sampler_step_ref(x, eps, z, coefs, out):
+        # BEGIN SOLUTION ex00.1: hint shown to the student
+        ...solution...
+        # END SOLUTION
+        out[...] = x_prev
+        return out
+
+`python -m minidiff exercises` writes minidiff/exercises/chNN.py: each such function with its region
+replaced by ``raise NotImplementedError("Exercise N.M: hint")``. Students fill those in.
+
+Grading: ``pytest --student`` sets MINIDIFF_EXERCISES (to "all" or a comma-separated list of ids)
+before minidiff is imported; then ``exercise`` hands every call of the reference function to the
+student's stub instead, wherever the function is used. Without it, ``exercise`` returns the
+reference function unchanged.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import importlib
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+F = TypeVar("F", bound=Callable)
+
+PACKAGE = Path(__file__).resolve().parent
+STUBS = PACKAGE / "exercises"
+ID = re.compile(r"^ex(\d{2})\.(\d+)$")
+BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION (ex\d{2}\.\d+)(?::\s*(.*))?$")
+END = re.compile(r"^\s*# END SOLUTION\s*$")
+
+
+def parse_id(exercise_id: str) -> tuple[int, int]:
+    m = ID.match(exercise_id)
+    if not m:
+        raise ValueError(f"exercise_id: expected 'exNN.M' (e.g. 'ex00.1'), got {exercise_id!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def student_ids() -> set[str] | None:
+    """The exercises graded on the student's stubs (from MINIDIFF_EXERCISES): None, a set, or {'all'}."""
+    raw = os.environ.get("MINIDIFF_EXERCISES", "").strip()
+    return {s.strip() for s in raw.split(",") if s.strip()} if raw else None
+
+
+def exercise(exercise_id: str) -> Callable[[F], F]:
+    """Mark a reference function as exercise `exercise_id`; in student mode, route calls to the stub."""
+    chapter, _ = parse_id(exercise_id)
+
+    def decorate(reference: F) -> F:
+        graded = student_ids()
+        if not graded or not ({"all", exercise_id} & graded):
+            return reference
+
+        @functools.wraps(reference)
+        def call_stub(*args, **kwargs):
+            stub = importlib.import_module(f"minidiff.exercises.ch{chapter:02d}")
+            target = stub
+            for part in reference.__qualname__.split("."):
+                target = getattr(target, part)
+            return target(*args, **kwargs)
+
+        return call_stub  # type: ignore[return-value]
+
+    return decorate
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generating the stubs
+
+
+@dataclass
+class Exercise:
+    id: str
+    hint: str
+    module: str  # minidiff.kernels.sampler_step
+    qualname: str  # sampler_step_ref or Mul.backward
+    source: str  # the stub's source, dedented to its class (if any)
+    imports: list[str]  # import lines the stub needs
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    return ".".join(rel.parts)
+
+
+def _absolute_imports(tree: ast.Module, module: str) -> dict[str, str]:
+    """name -> an import line that binds it in a stub (relative imports made absolute)."""
+    package = module.rsplit(".", 1)[0]
+    bound: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                bound[a.asname or a.name.split(".")[0]] = f"import {a.name}" + (f" as {a.asname}" if a.asname else "")
+        elif isinstance(node, ast.ImportFrom) and node.module != "__future__":
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            for a in node.names:
+                line = f"from {base} import {a.name}" + (f" as {a.asname}" if a.asname else "")
+                bound[a.asname or a.name] = line
+    return bound
+
+
+def _module_level_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+    return names
+
+
+def _find_exercises(path: Path) -> list[Exercise]:
+    text = path.read_text()
+    if "# BEGIN SOLUTION" not in text:
+        return []
+    lines = text.splitlines()
+    tree = ast.parse(text)
+    module = _module_name(path)
+    imports = _absolute_imports(tree, module)
+    module_names = _module_level_names(tree)
+    found = []
+    for i, line in enumerate(lines):
+        m = BEGIN.match(line)
+        if not m:
+            continue
+        indent, ex_id, hint = m.group(1), m.group(2), (m.group(3) or "").strip()
+        parse_id(ex_id)
+        end = next((j for j in range(i + 1, len(lines)) if END.match(lines[j])), None)
+        if end is None:
+            raise ValueError(f"{path}:{i + 1}: BEGIN SOLUTION {ex_id} has no END SOLUTION")
+        func, owner = _enclosing_function(tree, i + 1)
+        if func is None:
+            raise ValueError(f"{path}:{i + 1}: BEGIN SOLUTION {ex_id} is not inside a function")
+        decorators = [ast.unparse(d) for d in func.decorator_list]
+        if f"exercise({ex_id!r})" not in [d.replace('"', "'") for d in decorators]:
+            raise ValueError(f"{path}:{func.lineno}: {func.name} holds {ex_id} but lacks @exercise({ex_id!r})")
+        first = func.decorator_list[0].lineno if func.decorator_list else func.lineno
+        body = lines[first - 1 : i] + [
+            f'{indent}raise NotImplementedError("Exercise {_short(ex_id)}: {hint or "write this part"}")'
+        ] + lines[end + 1 : func.end_lineno]
+        body = [ln for ln in body if not ln.strip().startswith("@exercise(")]
+        shift = func.col_offset
+        source = "\n".join(ln[shift:] if ln.strip() else "" for ln in body)
+        used = {n.id for n in ast.walk(func) if isinstance(n, ast.Name)}
+        needed = sorted({imports[n] for n in used if n in imports and n != "exercise"})
+        needed += [f"from {module} import {n}" for n in sorted(used & module_names) if n != func.name]
+        qualname = f"{owner.name}.{func.name}" if owner else func.name
+        found.append(Exercise(ex_id, hint, module, qualname, source, needed))
+    return found
+
+
+def _enclosing_function(tree: ast.Module, lineno: int):
+    """The innermost function containing `lineno`, and the class it is a method of (or None)."""
+    best, owner = None, None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.lineno <= lineno <= item.end_lineno:
+                    best, owner = item, node
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.lineno <= lineno <= node.end_lineno:
+            if best is None or node.lineno > best.lineno:
+                best, owner = node, None
+    return best, owner
+
+
+def _short(ex_id: str) -> str:
+    chapter, number = parse_id(ex_id)
+    return f"{chapter}.{number}"
+
+
+def collect() -> list[Exercise]:
+    """Every marked exercise of the package, in id order."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if STUBS in path.parents or path.name == "exercise_tools.py":
+            continue
+        found += _find_exercises(path)
+    # An exercise may span several functions (a forward and its backward), one region in each.
+    places = [(e.module, e.qualname) for e in found]
+    twice = sorted({f"{m}.{q}" for m, q in places if places.count((m, q)) > 1})
+    if twice:
+        raise ValueError(f"more than one SOLUTION region in: {', '.join(twice)}")
+    return sorted(found, key=lambda e: parse_id(e.id))
+
+
+def render(exercises: list[Exercise]) -> dict[str, str]:
+    """file name -> text of every stub file (chNN.py, plus __init__.py)."""
+    chapters: dict[int, list[Exercise]] = {}
+    for e in exercises:
+        chapters.setdefault(parse_id(e.id)[0], []).append(e)
+    files = {
+        "__init__.py": '"""Student exercise stubs, generated by `python -m minidiff exercises`: edit the bodies\n'
+        'of chNN.py that raise NotImplementedError, then run `pytest --student -m chNN`."""\n'
+    }
+    for chapter, items in sorted(chapters.items()):
+        imports = sorted({line for e in items for line in e.imports}, key=lambda ln: (ln.startswith("from"), ln))
+        parts = [
+            f'"""Chapter {chapter:02d} exercises.\n\n'
+            "Generated from the reference code by `python -m minidiff exercises`; regenerating overwrites\n"
+            "this file. Replace each `raise NotImplementedError` by your solution, then grade it:\n"
+            f'    pytest --student -m ch{chapter:02d}\n"""\n',
+            "from __future__ import annotations\n",
+            "\n".join(imports) + "\n" if imports else "",
+        ]
+        for e in items:
+            title = f"\n# Exercise {_short(e.id)} (reference: {e.module}.{e.qualname})\n"
+            if "." in e.qualname:
+                cls, _ = e.qualname.split(".", 1)
+                body = "\n".join(("    " + ln) if ln else "" for ln in e.source.splitlines())
+                parts.append(f"{title}class {cls}:\n{body}\n")
+            else:
+                parts.append(title + e.source + "\n")
+        files[f"ch{chapter:02d}.py"] = "\n".join(p.rstrip("\n") + "\n" if p else "" for p in parts)
+    return files
+
+
+def stale_files() -> list[str]:
+    """Stub files that differ from what the reference code generates (empty when up to date)."""
+    expected = render(collect())
+    present = {p.name for p in STUBS.glob("*.py")}
+    out = [n for n, text in expected.items() if not (STUBS / n).is_file() or (STUBS / n).read_text() != text]
+    return out + sorted(present - set(expected))
+
+
+def write_stubs() -> list[str]:
+    """(Re)write minidiff/exercises/; returns the files written. Each file is written atomically."""
+    expected = render(collect())
+    STUBS.mkdir(exist_ok=True)
+    for name in sorted({p.name for p in STUBS.glob("*.py")} - set(expected)):
+        (STUBS / name).unlink()
+    for name, text in expected.items():
+        tmp = STUBS / f".{name}.tmp"
+        tmp.write_text(text)
+        tmp.replace(STUBS / name)
+    return sorted(expected)

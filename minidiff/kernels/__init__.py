@@ -1,0 +1,6 @@
+"""The hot kernels: one module per kernel, each with its NumPy reference twin (`*_ref`) and the dispatch
+to the C++ or CUDA version of the same function (see minidiff.backend)."""
+
+from minidiff.kernels.sampler_step import StepCoefs, sampler_step, sampler_step_ref
+
+__all__ = ["StepCoefs", "sampler_step", "sampler_step_ref"]

@@ -1,0 +1,42 @@
+"""The one tolerance table: |actual - expected| <= atol + rtol * scale, per dtype.
+
+`scale` is |expected| by default. For a sum of products (a fused kernel, a dot product) rounding
+error is proportional to the sum of the terms' magnitudes, not to the possibly cancelled result, so
+such tests pass scale = sum of |terms|. The rtol values are a few units in the last place times the
+depth of the longest reduction the suite uses; a wrong coefficient or a wrong index is off by O(1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Tol:
+    atol: float
+    rtol: float
+
+
+TOLERANCES = {
+    np.dtype(np.float32): Tol(atol=1e-6, rtol=1e-5),
+    np.dtype(np.float64): Tol(atol=1e-13, rtol=1e-11),
+}
+
+
+def assert_close(actual, expected, dtype=None, scale=None, what: str = "") -> None:
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, f"{what} shape {actual.shape} != expected {expected.shape}"
+    tol = TOLERANCES[np.dtype(dtype or actual.dtype)]
+    scale = np.abs(expected) if scale is None else np.asarray(scale)
+    err = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
+    bound = tol.atol + tol.rtol * scale
+    bad = ~(err <= bound)  # NaN counts as bad
+    if bad.any():
+        i = np.unravel_index(np.argmax(np.where(bad, err - bound, -np.inf)), bad.shape) if bad.ndim else ()
+        raise AssertionError(
+            f"{what} {int(bad.sum())} of {bad.size} elements off: at {i} got {actual[i]!r}, expected "
+            f"{expected[i]!r} (|err| {err[i]:.3g} > {bound[i] if np.ndim(bound) else bound:.3g})"
+        )
