@@ -94,5 +94,6 @@ PYBIND11_MODULE(_C, m) {
 #ifdef MINIDIFF_WITH_CUDA_EMU
   auto emu = m.def_submodule("cuda_emu", "CUDA kernels run on the CPU by cuda_emu.h (tests only).");
   md::emu::register_sampler_step(emu);
+  md::emu::register_block_reduce(emu);
 #endif
 }

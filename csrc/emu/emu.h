@@ -7,5 +7,6 @@
 namespace md::emu {
 
 void register_sampler_step(pybind11::module_& m);
+void register_block_reduce(pybind11::module_& m);
 
 }  // namespace md::emu

@@ -4,27 +4,15 @@
 #include "cuda/sampler_step.cu"
 // clang-format on
 
-#include <string>
-
 #include "check.h"
 #include "emu/emu.h"
+#include "emu/launch.h"
 
 namespace md::emu {
 
 namespace py = pybind11;
 
 namespace {
-
-dim3 to_dim3(const py::tuple& t, const char* name) {
-  if (t.size() < 1 || t.size() > 3) throw py::value_error(std::string(name) + ": expected a tuple of 1 to 3 sizes");
-  unsigned int d[3] = {1, 1, 1};
-  for (size_t i = 0; i < t.size(); ++i) {
-    const long long v = t[i].cast<long long>();
-    if (v < 1 || v > 0x7fffffffLL) throw py::value_error(std::string(name) + ": sizes must be in [1, 2^31)");
-    d[i] = static_cast<unsigned int>(v);
-  }
-  return dim3(d[0], d[1], d[2]);
-}
 
 template <typename T>
 void launch(const dim3& grid, const dim3& block, const py::array& x, const py::array& eps, const py::array& z,
