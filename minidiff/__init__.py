@@ -12,12 +12,14 @@ from minidiff.backend import (
     set_num_threads,
     use_backend,
 )
+from minidiff.settings import fast_mode
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
     "available_backends",
+    "fast_mode",
     "get_backend",
     "get_num_threads",
     "kernels",

@@ -171,11 +171,15 @@ def _enclosing_function(tree: ast.Module, lineno: int):
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef):
             for item in node.body:
-                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and item.lineno <= lineno <= item.end_lineno:
+                inside = item.lineno <= lineno <= (item.end_lineno or item.lineno)
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)) and inside:
                     best, owner = item, node
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.lineno <= lineno <= node.end_lineno:
-            if best is None or node.lineno > best.lineno:
-                best, owner = node, None
+        elif (
+            isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.lineno <= lineno <= node.end_lineno
+            and (best is None or node.lineno > best.lineno)
+        ):
+            best, owner = node, None
     return best, owner
 
 

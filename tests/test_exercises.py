@@ -51,7 +51,7 @@ def test_student_mode_routes_calls_to_the_stub(monkeypatch):
 
     reference.__qualname__ = "sampler_step_ref"  # as if defined at the top of its module
     monkeypatch.setenv("MINIDIFF_EXERCISES", "ex00.1")
-    with pytest.raises(NotImplementedError, match="Exercise 0.1"):
+    with pytest.raises(NotImplementedError, match=r"Exercise 0\.1"):
         exercise_tools.exercise("ex00.1")(reference)(None, None, None, None, None)
     monkeypatch.setenv("MINIDIFF_EXERCISES", "ex00.2")
     assert exercise_tools.exercise("ex00.1")(reference) is reference
@@ -60,5 +60,5 @@ def test_student_mode_routes_calls_to_the_stub(monkeypatch):
 
 
 def test_bad_exercise_ids_are_refused():
-    with pytest.raises(ValueError, match="exercise_id: expected 'exNN.M'"):
+    with pytest.raises(ValueError, match=r"exercise_id: expected 'exNN\.M'"):
         exercise_tools.exercise("ex1.1")

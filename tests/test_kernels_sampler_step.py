@@ -25,7 +25,7 @@ def longhand(x, eps, z, c: StepCoefs):
     xs, es = np.asarray(x, np.float64).ravel(), np.asarray(eps, np.float64).ravel()
     zs = np.zeros_like(xs) if z is None else np.asarray(z, np.float64).ravel()
     value, scale = np.empty_like(xs), np.empty_like(xs)
-    for i, (xi, ei, zi) in enumerate(zip(xs, es, zs)):
+    for i, (xi, ei, zi) in enumerate(zip(xs, es, zs, strict=True)):
         terms = [c.c_x * xi, c.c_eps * ei, c.c_z * zi]
         if c.clip is not None:
             x0 = c.r_x * xi + c.r_eps * ei
@@ -75,10 +75,11 @@ def test_ref_without_clip_is_linear_in_x_eps_z(inputs, a, b):
     x, eps, z, coefs = inputs
     u = [np.asarray(v, np.float64) for v in (x, eps, z if z is not None else np.zeros_like(x))]
     w = [np.cos(3.0 * v) for v in u]
-    combo = [a * p + b * q for p, q in zip(u, w)]
+    combo = [a * p + b * q for p, q in zip(u, w, strict=True)]
     lhs = run_ref(*combo, coefs)
     rhs = a * run_ref(*u, coefs) + b * run_ref(*w, coefs)
-    scale = sum(abs(c) * (abs(a * p) + abs(b * q)) for c, p, q in zip((coefs.c_x, coefs.c_eps, coefs.c_z), u, w))
+    cs = (coefs.c_x, coefs.c_eps, coefs.c_z)
+    scale = sum(abs(c) * (abs(a * p) + abs(b * q)) for c, p, q in zip(cs, u, w, strict=True))
     assert_close(lhs, rhs, scale=scale)
 
 
@@ -242,5 +243,5 @@ def test_cuda_emu_boundary_rechecks_counts_and_launch():
         emu.sampler_step_kernel((1,), (32,), x, x, x, out, -1, *coefs, 0, 0)
     with pytest.raises(ValueError, match="grid: sizes must be in"):
         emu.sampler_step_kernel((0,), (32,), x, x, x, out, 10, *coefs, 0, 0)
-    with pytest.raises(ValueError, match="block must have 1..1024 threads"):
+    with pytest.raises(ValueError, match=r"block must have 1\.\.1024 threads"):
         emu.sampler_step_kernel((1,), (64, 32), x, x, x, out, 10, *coefs, 0, 0)
