@@ -12,20 +12,20 @@ evaluation (NumPy, PyTorch eager) about 14.
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 from _timing import interleaved_medians, pinned_threads, ratio_table
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from reference.torch_twins import sampler_step_torch
+
 import minidiff as md
 from minidiff.kernels import StepCoefs, sampler_step
 
 COEFS = StepCoefs(c_x=1.02, c_eps=-0.15, c_z=0.1, c_x0=0.4, r_x=1.1, r_eps=-0.45, clip=1.0)
-
-
-def torch_step(x, eps, z, c: StepCoefs):
-    out = c.c_x * x + c.c_eps * eps + c.c_z * z
-    return out + c.c_x0 * torch.clamp(c.r_x * x + c.r_eps * eps, -c.clip, c.clip)
 
 
 def torch_step_in_place(x, eps, z, c: StepCoefs, out, tmp):
@@ -44,7 +44,7 @@ def contenders_for(x, eps, z) -> dict:
     tx, teps, tz = (torch.from_numpy(a) for a in (x, eps, z))
     t_out, t_tmp, out = torch.empty_like(tx), torch.empty_like(tx), np.empty_like(x)
     contenders = {
-        "torch": lambda: torch_step(tx, teps, tz, COEFS),
+        "torch": lambda: sampler_step_torch(tx, teps, tz, COEFS),
         "torch-in-place": lambda: torch_step_in_place(tx, teps, tz, COEFS, t_out, t_tmp),
     }
 

@@ -24,6 +24,7 @@ from types import ModuleType
 BACKENDS = ("numpy", "cpp", "cuda")
 TEST_BACKENDS = ("cuda-emu",)
 _FASTEST_FIRST = ("cuda", "cpp", "numpy")
+MAX_THREADS = 1024  # as md::cpu::kMaxThreads
 
 _current: str | None = None  # None until first use: then MINIDIFF_BACKEND or the fastest available
 
@@ -121,8 +122,8 @@ def use_backend(name: str) -> Iterator[str]:
 
 def set_num_threads(n: int) -> None:
     """Threads used by the C++ kernels (they start from OMP_NUM_THREADS, or all cores)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive int, got {n!r}")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"n: expected an int in 1..{MAX_THREADS}, got {n!r}")
     module, _ = _extension()
     if module is not None:
         module.set_num_threads(n)

@@ -122,10 +122,16 @@ def test_set_num_threads_reaches_the_kernels():
         md.set_num_threads(before)
 
 
-@pytest.mark.parametrize("n", [0, -1, 1.5, True, "2"])
+@pytest.mark.parametrize("n", [0, -1, 1.5, True, "2", 10**6])
 def test_set_num_threads_refuses_nonsense(n):
-    with pytest.raises(ValueError, match="n: expected a positive int"):
+    with pytest.raises(ValueError, match=r"n: expected an int in 1\.\.1024"):
         md.set_num_threads(n)
+
+
+def test_cpp_set_num_threads_rechecks_the_bound():
+    require_backend("cpp")
+    with pytest.raises(ValueError, match=r"n: expected a number of threads in 1\.\.1024, got 5000"):
+        md.backend.extension().set_num_threads(5000)
 
 
 def test_omp_num_threads_is_honoured():

@@ -136,6 +136,22 @@ def test_large_array_in_place_on_x(backend, dtype):
     assert_close(x, expected, scale=scale)
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+@given(inputs=step_inputs())
+def test_every_backend_matches_pytorch(backend, inputs):
+    require_backend(backend)
+    import torch
+    from reference.torch_twins import sampler_step_torch
+
+    x, eps, z, coefs = inputs
+    expected = sampler_step_torch(*(None if a is None else torch.from_numpy(a.copy()) for a in (x, eps, z)), coefs)
+    with md.use_backend(backend):
+        got = sampler_step(x, eps, z, coefs)
+    _, scale = longhand(x, eps, z, coefs)
+    assert_close(got, expected.numpy(), scale=scale)
+
+
 @pytest.mark.parametrize("block", [1, 7, 32, 256])
 @pytest.mark.parametrize("grid", [1, 3])
 def test_cuda_emu_grid_stride_covers_every_element_once(grid, block):
@@ -243,5 +259,7 @@ def test_cuda_emu_boundary_rechecks_counts_and_launch():
         emu.sampler_step_kernel((1,), (32,), x, x, x, out, -1, *coefs, 0, 0)
     with pytest.raises(ValueError, match="grid: sizes must be in"):
         emu.sampler_step_kernel((0,), (32,), x, x, x, out, 10, *coefs, 0, 0)
+    with pytest.raises(ValueError, match=r"at most 1048576 blocks per launch"):
+        emu.sampler_step_kernel((2**21,), (32,), x, x, x, out, 10, *coefs, 0, 0)
     with pytest.raises(ValueError, match=r"block must have 1\.\.1024 threads"):
         emu.sampler_step_kernel((1,), (64, 32), x, x, x, out, 10, *coefs, 0, 0)

@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <stdexcept>
+#include <string>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -23,7 +24,9 @@ std::atomic<int> g_threads{default_threads()};
 int num_threads() { return g_threads.load(std::memory_order_relaxed); }
 
 void set_num_threads(int n) {
-  if (n < 1) throw std::invalid_argument("n: expected a positive number of threads, got " + std::to_string(n));
+  if (n < 1 || n > kMaxThreads)
+    throw std::invalid_argument("n: expected a number of threads in 1.." + std::to_string(kMaxThreads) + ", got " +
+                                std::to_string(n));
   g_threads.store(n, std::memory_order_relaxed);
 }
 

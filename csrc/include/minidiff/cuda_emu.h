@@ -76,6 +76,7 @@ inline std::mutex& launch_mutex() {
 }
 
 constexpr unsigned int kMaxThreadsPerBlock = 1024;
+constexpr unsigned long long kMaxBlocksPerLaunch = 1ULL << 20;  // an emulation limit: blocks run in turn
 
 inline void check_launch(const dim3& grid, const dim3& block) {
   const unsigned long long threads = 1ULL * block.x * block.y * block.z;
@@ -86,6 +87,9 @@ inline void check_launch(const dim3& grid, const dim3& block) {
     throw std::invalid_argument("cuda_emu: blockDim.z must be at most 64");
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535)
     throw std::invalid_argument("cuda_emu: grid dimensions must be positive (y, z at most 65535)");
+  if (1ULL * grid.x * grid.y * grid.z > kMaxBlocksPerLaunch)
+    throw std::invalid_argument("cuda_emu: at most " + std::to_string(kMaxBlocksPerLaunch) +
+                                " blocks per launch (the emulator runs them one after another)");
 }
 
 // kernel<<<grid, block>>>(args...) becomes md_emu::launch(grid, block, kernel, args...).

@@ -1,0 +1,2 @@
+"""PyTorch twins of minidiff's functions: the external reference for numerics (tests) and speed
+(benchmarks). Only tests and benchmarks import torch; minidiff itself never does."""
