@@ -3,7 +3,8 @@
 Start with the chapter notebooks (notebooks/00_quickstart.py) and `python -m minidiff info`.
 """
 
-from minidiff import kernels
+from minidiff import autodiff, functional, kernels
+from minidiff.autodiff import Tensor, enable_grad, no_grad, tensor
 from minidiff.backend import (
     available_backends,
     get_backend,
@@ -17,13 +18,19 @@ from minidiff.settings import fast_mode
 __version__ = "0.1.0"
 
 __all__ = [
+    "Tensor",
     "__version__",
+    "autodiff",
     "available_backends",
+    "enable_grad",
     "fast_mode",
+    "functional",
     "get_backend",
     "get_num_threads",
     "kernels",
+    "no_grad",
     "set_backend",
     "set_num_threads",
+    "tensor",
     "use_backend",
 ]

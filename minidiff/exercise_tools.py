@@ -213,7 +213,9 @@ def render(exercises: list[Exercise]) -> dict[str, str]:
         'of chNN.py that raise NotImplementedError, then run `pytest --student -m chNN`."""\n'
     }
     for chapter, items in sorted(chapters.items()):
-        imports = sorted({line for e in items for line in e.imports}, key=lambda ln: (ln.startswith("from"), ln))
+        defined = {e.qualname.split(".")[0] for e in items}  # the chapter's own stubs win over imports
+        imports = sorted({line for e in items for line in e.imports if line.split()[-1] not in defined},
+                         key=lambda ln: (ln.startswith("from"), ln))
         parts = [
             f'"""Chapter {chapter:02d} exercises.\n\n'
             "Generated from the reference code by `python -m minidiff exercises`; regenerating overwrites\n"

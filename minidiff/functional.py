@@ -1,0 +1,413 @@
+"""The differentiable operations users call, with PyTorch's names and argument order
+(torch.nn.functional). Each checks its arguments, then applies a Function whose forward and backward
+sit side by side; the heavy ones (conv2d, attention, group_norm) call minidiff.kernels, so compiled
+kernels plug in there without touching the autodiff.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from minidiff.autodiff import ops
+from minidiff.autodiff.function import Context, Function, sum_to_shape
+from minidiff.autodiff.tensor import Tensor
+from minidiff.exercise_tools import exercise
+from minidiff.kernels import attention as _attention
+from minidiff.kernels import conv2d as _conv2d
+from minidiff.kernels import group_norm as _group_norm
+
+# --- argument checks --------------------------------------------------------------------------------
+
+
+def _tensor(x: Any, name: str, ndim: int | None = None) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a minidiff Tensor, got {type(x).__name__}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {x.shape}")
+    return x
+
+
+def _pair(v: Any, name: str, minimum: int) -> tuple[int, int]:
+    pair = (v, v) if isinstance(v, int | np.integer) else tuple(v)
+    if len(pair) != 2 or any(not isinstance(p, int | np.integer) or p < minimum for p in pair):
+        raise ValueError(f"{name}: expected an int >= {minimum} or a pair of them, got {v!r}")
+    return int(pair[0]), int(pair[1])
+
+
+# --- activations ------------------------------------------------------------------------------------
+
+
+def relu(x: Tensor) -> Tensor:
+    return ops.Relu.apply(x)
+
+
+def silu(x: Tensor) -> Tensor:
+    """x * sigmoid(x) (also called swish)."""
+    return ops.Silu.apply(x)
+
+
+def gelu(x: Tensor, approximate: str = "none") -> Tensor:
+    """x * Phi(x); approximate="tanh" uses the tanh formula, as torch.nn.functional.gelu."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"approximate: expected 'none' or 'tanh', got {approximate!r}")
+    return ops.Gelu.apply(x, approximate=approximate)
+
+
+def sigmoid(x: Tensor) -> Tensor:
+    return ops.Sigmoid.apply(x)
+
+
+def tanh(x: Tensor) -> Tensor:
+    return ops.Tanh.apply(x)
+
+
+# --- softmax and losses -------------------------------------------------------------------------------
+
+
+class Softmax(Function):
+    """s = exp(x - max x) / sum exp(x - max x) along an axis;  d/dx: grad_x = s (g - sum(g s))."""
+
+    @staticmethod
+    def forward(ctx: Context, x: np.ndarray, axis: int = -1) -> np.ndarray:
+        s = _attention.softmax_ref(x, axis=axis)
+        ctx.save(s, axis)
+        return s
+
+    @staticmethod
+    @exercise("ex01.4")
+    def backward(ctx: Context, grad: np.ndarray) -> np.ndarray:
+        s, axis = ctx.saved
+        # BEGIN SOLUTION ex01.4: the Jacobian is diag(s) - s s^T; apply it without building it
+        grad_x = s * (grad - np.sum(grad * s, axis=axis, keepdims=True))
+        # END SOLUTION
+        return grad_x
+
+
+class LogSoftmax(Function):
+    """l = x - logsumexp(x) along an axis;  d/dx: grad_x = g - softmax(x) sum(g)."""
+
+    @staticmethod
+    def forward(ctx: Context, x: np.ndarray, axis: int = -1) -> np.ndarray:
+        shifted = x - np.max(x, axis=axis, keepdims=True)
+        out = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+        ctx.save(out, axis)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, grad: np.ndarray) -> np.ndarray:
+        out, axis = ctx.saved
+        return grad - np.exp(out) * grad.sum(axis=axis, keepdims=True)
+
+
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    return Softmax.apply(_tensor(x, "x"), axis=axis)
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    return LogSoftmax.apply(_tensor(x, "x"), axis=axis)
+
+
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _reduce(loss: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
+
+
+def cross_entropy(logits: Tensor, target: Any, reduction: str = "mean") -> Tensor:
+    """-log softmax(logits)[target] per row. logits (N, C), target (N,) integer class indices."""
+    _tensor(logits, "logits", ndim=2)
+    _check_reduction(reduction)
+    target = np.asarray(target.data if isinstance(target, Tensor) else target)
+    if target.dtype.kind not in "iu" or target.shape != logits.shape[:1]:
+        raise ValueError(f"target: expected integer class indices of shape {logits.shape[:1]}, "
+                         f"got dtype {target.dtype} shape {target.shape}")
+    if target.size and (target.min() < 0 or target.max() >= logits.shape[1]):
+        raise ValueError(f"target: class indices must be in [0, {logits.shape[1]}), got {target.min()}..{target.max()}")
+    picked = log_softmax(logits, axis=1)[np.arange(len(target)), target]  # (N,)
+    return _reduce(-picked, reduction)
+
+
+def mse_loss(prediction: Tensor, target: Any, reduction: str = "mean") -> Tensor:
+    """(prediction - target)^2, averaged (or summed) over every element."""
+    _check_reduction(reduction)
+    if np.shape(target.data if isinstance(target, Tensor) else target) != prediction.shape:
+        raise ValueError(f"target: expected shape {prediction.shape} (the prediction's), got {np.shape(target)}")
+    diff = prediction - target
+    return _reduce(diff * diff, reduction)
+
+
+# --- linear layers and convolution --------------------------------------------------------------------
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """x @ weight^T + bias. x (..., in), weight (out, in), bias (out,)."""
+    _tensor(weight, "weight", ndim=2)
+    if x.shape[-1:] != weight.shape[1:]:
+        raise ValueError(f"x: expected last axis {weight.shape[1]} (weight is {weight.shape}), got shape {x.shape}")
+    out = x @ weight.T
+    return out if bias is None else out + bias
+
+
+class Conv2d(Function):
+    """out = x (*) weight + bias, NCHW. The gradients come from the kernel module's backward twin;
+    grad_bias = sum of grad over N, H, W."""
+
+    @staticmethod
+    def forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
+                stride: tuple[int, int], padding: tuple[int, int]) -> np.ndarray:
+        ctx.save(x, weight, stride, padding)
+        out = _conv2d.conv2d_forward(x, weight, stride, padding)  # (N, O, HO, WO)
+        return out if bias is None else out + bias.reshape(1, -1, 1, 1)
+
+    @staticmethod
+    def backward(ctx: Context, grad: np.ndarray) -> tuple[Any, ...]:
+        x, weight, stride, padding = ctx.saved
+        grad_x, grad_weight = _conv2d.conv2d_backward(grad, x, weight, stride, padding)
+        grad_bias = grad.sum(axis=(0, 2, 3)) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None = None, stride: Any = 1, padding: Any = 0) -> Tensor:
+    """2-D cross-correlation. x (N, C, H, W), weight (O, C, KH, KW), bias (O,) -> (N, O, HO, WO),
+    HO = (H + 2 padding - KH) // stride + 1."""
+    _tensor(x, "x", ndim=4)
+    _tensor(weight, "weight", ndim=4)
+    stride, padding = _pair(stride, "stride", 1), _pair(padding, "padding", 0)
+    if weight.shape[1] != x.shape[1]:
+        raise ValueError(f"weight: expected {x.shape[1]} input channels (x has {x.shape[1]}), got shape {weight.shape}")
+    if bias is not None and bias.shape != weight.shape[:1]:
+        raise ValueError(f"bias: expected shape {weight.shape[:1]}, got {bias.shape}")
+    for size, k, p, name in zip(x.shape[2:], weight.shape[2:], padding, ("height", "width"), strict=True):
+        if size + 2 * p < k:
+            raise ValueError(f"x: padded {name} {size + 2 * p} is smaller than the kernel ({k})")
+    return Conv2d.apply(x, weight, bias, stride=stride, padding=padding)
+
+
+class AvgPool2d(Function):
+    """out = mean of each kernel window (no padding);  every pixel of a window gets grad / (kh kw)."""
+
+    @staticmethod
+    def forward(ctx: Context, x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int]) -> np.ndarray:
+        ctx.save(x.shape, kernel, stride)
+        return _conv2d.windows(x, kernel, stride, (0, 0)).mean(axis=(4, 5))
+
+    @staticmethod
+    def backward(ctx: Context, grad: np.ndarray) -> np.ndarray:
+        shape, (kh, kw), stride = ctx.saved
+        grad_windows = np.broadcast_to((grad / (kh * kw))[..., None, None], (*grad.shape, kh, kw))
+        return _conv2d.scatter_windows(grad_windows, shape, stride, (0, 0))
+
+
+def avg_pool2d(x: Tensor, kernel_size: Any, stride: Any = None) -> Tensor:
+    """Average over kernel_size windows, stride defaulting to kernel_size (x (N, C, H, W))."""
+    _tensor(x, "x", ndim=4)
+    kernel = _pair(kernel_size, "kernel_size", 1)
+    stride = kernel if stride is None else _pair(stride, "stride", 1)
+    if x.shape[2] < kernel[0] or x.shape[3] < kernel[1]:
+        raise ValueError(f"x: spatial size {x.shape[2:]} is smaller than the kernel {kernel}")
+    return AvgPool2d.apply(x, kernel=kernel, stride=stride)
+
+
+class UpsampleNearest2d(Function):
+    """out[n, c, y, x] = x[n, c, y // s, x // s];  each input pixel gets the sum of its s*s copies."""
+
+    @staticmethod
+    def forward(ctx: Context, x: np.ndarray, scale: int) -> np.ndarray:
+        ctx.save(scale)
+        return x.repeat(scale, axis=2).repeat(scale, axis=3)
+
+    @staticmethod
+    def backward(ctx: Context, grad: np.ndarray) -> np.ndarray:
+        (s,) = ctx.saved
+        n, c, h, w = grad.shape
+        return grad.reshape(n, c, h // s, s, w // s, s).sum(axis=(3, 5))
+
+
+def upsample_nearest2d(x: Tensor, scale_factor: int = 2) -> Tensor:
+    _tensor(x, "x", ndim=4)
+    if not isinstance(scale_factor, int | np.integer) or scale_factor < 1:
+        raise ValueError(f"scale_factor: expected a positive int, got {scale_factor!r}")
+    return UpsampleNearest2d.apply(x, scale=int(scale_factor))
+
+
+# --- normalization ------------------------------------------------------------------------------------
+
+
+class GroupNorm(Function):
+    """y = x_hat * weight + bias per channel, x_hat normalized over each group of channels."""
+
+    @staticmethod
+    def forward(ctx: Context, x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None,
+                num_groups: int, eps: float) -> np.ndarray:
+        y, x_hat, rstd = _group_norm.group_norm_forward(x, num_groups, weight, bias, eps)
+        ctx.save(x_hat, rstd, weight, num_groups)
+        return y
+
+    @staticmethod
+    def backward(ctx: Context, grad: np.ndarray) -> tuple[Any, ...]:
+        x_hat, rstd, weight, num_groups = ctx.saved
+        grad_x, grad_weight, grad_bias = _group_norm.group_norm_backward(grad, x_hat, rstd, weight, num_groups)
+        return grad_x, grad_weight, grad_bias
+
+
+def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None,
+               eps: float = 1e-5) -> Tensor:
+    """Group normalization (Wu & He 2018): x (N, C, *), C divisible by num_groups; weight, bias (C,)."""
+    _tensor(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x: expected (N, C, ...), got shape {x.shape}")
+    channels = x.shape[1]
+    if not isinstance(num_groups, int | np.integer) or num_groups < 1 or channels % num_groups:
+        raise ValueError(f"num_groups: expected a positive divisor of the {channels} channels of x, got {num_groups}")
+    for p, name in ((weight, "weight"), (bias, "bias")):
+        if p is not None and p.shape != (channels,):
+            raise ValueError(f"{name}: expected shape ({channels},), got {p.shape}")
+    return GroupNorm.apply(x, weight, bias, num_groups=int(num_groups), eps=float(eps))
+
+
+class LayerNorm(Function):
+    """y = x_hat * weight + bias elementwise, x_hat normalized over the trailing normalized_shape."""
+
+    @staticmethod
+    def forward(ctx: Context, x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, m: int,
+                eps: float) -> np.ndarray:
+        x_hat, rstd = _group_norm.normalize_rows_ref(x.reshape(-1, m), eps)
+        x_hat = x_hat.reshape(x.shape)
+        ctx.save(x_hat, rstd, weight, m)
+        y = x_hat if weight is None else x_hat * weight
+        return y if bias is None else y + bias
+
+    @staticmethod
+    def backward(ctx: Context, grad: np.ndarray) -> tuple[Any, ...]:
+        x_hat, rstd, weight, m = ctx.saved
+        grad_x_hat = grad if weight is None else grad * weight
+        grad_x = _group_norm.normalize_rows_backward_ref(grad_x_hat.reshape(-1, m), x_hat.reshape(-1, m), rstd)
+        grad_weight = sum_to_shape(grad * x_hat, x_hat.shape[-len(weight.shape):]) if weight is not None else None
+        grad_bias = sum_to_shape(grad, weight.shape if weight is not None else x_hat.shape[-1:])
+        return grad_x.reshape(grad.shape), grad_weight, grad_bias
+
+
+def layer_norm(x: Tensor, normalized_shape: Any, weight: Tensor | None = None, bias: Tensor | None = None,
+               eps: float = 1e-5) -> Tensor:
+    """Layer normalization (Ba et al. 2016) over the trailing axes normalized_shape; weight, bias of that shape."""
+    _tensor(x, "x")
+    shape = (normalized_shape,) if isinstance(normalized_shape, int | np.integer) else tuple(normalized_shape)
+    if not shape or x.shape[-len(shape):] != shape:
+        raise ValueError(f"normalized_shape: expected the trailing axes of x {x.shape}, got {shape}")
+    for p, name in ((weight, "weight"), (bias, "bias")):
+        if p is not None and p.shape != shape:
+            raise ValueError(f"{name}: expected shape {shape}, got {p.shape}")
+    return LayerNorm.apply(x, weight, bias, m=math.prod(shape), eps=float(eps))
+
+
+# --- attention ---------------------------------------------------------------------------------------
+
+
+class ScaledDotProductAttention(Function):
+    """out = softmax(Q K^T scale, masked) V; the backward is the kernel module's twin."""
+
+    @staticmethod
+    def forward(ctx: Context, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None,
+                scale: float) -> np.ndarray:
+        out, probs = _attention.attention_forward(q, k, v, mask, scale)
+        ctx.save(q, k, v, probs, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx: Context, grad: np.ndarray) -> tuple[Any, ...]:
+        q, k, v, probs, scale = ctx.saved
+        grad_q, grad_k, grad_v = _attention.attention_backward(grad, q, k, v, probs, scale)
+        return (sum_to_shape(grad_q, q.shape), sum_to_shape(grad_k, k.shape), sum_to_shape(grad_v, v.shape), None)
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Any = None,
+                                 scale: float | None = None) -> Tensor:
+    """[E45] Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V over the last two axes.
+
+    q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv); leading axes broadcast. mask: boolean,
+    broadcastable to (..., Lq, Lk), True where a query may attend to a key. scale defaults to 1/sqrt(d).
+    """
+    for t, name in ((q, "q"), (k, "k"), (v, "v")):
+        _tensor(t, name)
+        if t.ndim < 2:
+            raise ValueError(f"{name}: expected (..., L, d), got shape {t.shape}")
+    if k.shape[-1] != q.shape[-1]:
+        raise ValueError(f"k: expected feature size {q.shape[-1]} (q's), got shape {k.shape}")
+    if v.shape[-2] != k.shape[-2]:
+        raise ValueError(f"v: expected {k.shape[-2]} keys (k's), got shape {v.shape}")
+    if mask is not None:
+        mask = np.asarray(mask.data if isinstance(mask, Tensor) else mask)
+        if mask.dtype != bool:
+            raise TypeError(f"mask: expected a boolean array (True = attend), got dtype {mask.dtype}")
+        try:
+            np.broadcast_shapes(mask.shape, q.shape[:-1] + k.shape[-2:-1])
+        except ValueError:
+            raise ValueError(f"mask: shape {mask.shape} does not broadcast to {q.shape[:-1] + k.shape[-2:-1]}") from None
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return ScaledDotProductAttention.apply(q, k, v, mask, scale=scale)
+
+
+# --- indexing, randomness, shapes ----------------------------------------------------------------------
+
+
+def embedding(indices: Any, weight: Tensor) -> Tensor:
+    """weight[indices]: rows of a (num_embeddings, dim) table; repeated indices add their gradients."""
+    _tensor(weight, "weight", ndim=2)
+    idx = np.asarray(indices.data if isinstance(indices, Tensor) else indices)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"indices: expected integers, got dtype {idx.dtype}")
+    if idx.size and (idx.min() < 0 or idx.max() >= weight.shape[0]):
+        raise ValueError(f"indices: expected values in [0, {weight.shape[0]}), got {idx.min()}..{idx.max()}")
+    return weight[idx]
+
+
+def dropout(x: Tensor, p: float, training: bool = True, rng: np.random.Generator | None = None) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1 / (1 - p); identity when not training."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p: expected a probability in [0, 1), got {p}")
+    if not training or p == 0.0:
+        return x
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError("rng: dropout draws random numbers; pass a numpy.random.Generator")
+    keep = rng.random(x.shape) >= p
+    return x * (keep / (1.0 - p)).astype(x.dtype)
+
+
+def pad(x: Tensor, widths: Sequence[tuple[int, int]], value: float = 0.0) -> Tensor:
+    """Constant padding: widths has one (before, after) pair per axis of x."""
+    return ops.Pad.apply(x, widths=tuple((int(a), int(b)) for a, b in widths), value=value)
+
+
+def concat(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+    if not tensors:
+        raise ValueError("tensors: expected at least one tensor")
+    return ops.Concat.apply(*tensors, axis=axis)
+
+
+def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
+    if not tensors:
+        raise ValueError("tensors: expected at least one tensor")
+    return ops.Stack.apply(*tensors, axis=axis)
+
+
+def where(condition: Any, a: Any, b: Any) -> Tensor:
+    """a where condition (a boolean array) else b; gradients flow to the chosen side."""
+    return ops.Where.apply(np.asarray(condition.data if isinstance(condition, Tensor) else condition), a, b)
+
+
+def clip(x: Tensor, low: float | None = None, high: float | None = None) -> Tensor:
+    return ops.Clip.apply(x, low=low, high=high)
