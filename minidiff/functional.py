@@ -146,6 +146,8 @@ def mse_loss(prediction: Tensor, target: Any, reduction: str = "mean") -> Tensor
     _check_reduction(reduction)
     if np.shape(target.data if isinstance(target, Tensor) else target) != prediction.shape:
         raise ValueError(f"target: expected shape {prediction.shape} (the prediction's), got {np.shape(target)}")
+    if not isinstance(target, Tensor):
+        target = np.asarray(target, dtype=prediction.dtype)  # a constant takes the prediction's dtype
     diff = prediction - target
     return _reduce(diff * diff, reduction)
 
@@ -356,7 +358,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Any = No
         try:
             np.broadcast_shapes(mask.shape, q.shape[:-1] + k.shape[-2:-1])
         except ValueError:
-            raise ValueError(f"mask: shape {mask.shape} does not broadcast to {q.shape[:-1] + k.shape[-2:-1]}") from None
+            expected = q.shape[:-1] + k.shape[-2:-1]
+            raise ValueError(f"mask: shape {mask.shape} does not broadcast to {expected}") from None
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return ScaledDotProductAttention.apply(q, k, v, mask, scale=scale)
 

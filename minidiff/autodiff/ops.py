@@ -554,10 +554,10 @@ class MatMul(Function):
         a2 = a[None, :] if a.ndim == 1 else a  # (..., n, k)
         b2 = b[:, None] if b.ndim == 1 else b  # (..., k, m)
         g2 = grad
-        if a.ndim == 1:
-            g2 = np.expand_dims(g2, -2)
         if b.ndim == 1:
-            g2 = np.expand_dims(g2, -1)  # (..., n, m)
+            g2 = np.expand_dims(g2, -1)
+        if a.ndim == 1:
+            g2 = np.expand_dims(g2, -2)  # (..., n, m)
         # BEGIN SOLUTION ex01.3: grad_a = g2 @ b2^T and grad_b = a2^T @ g2, each summed over broadcast batch axes
         grad_a = sum_to_shape(g2 @ _swap_last(b2), a2.shape) if ctx.needs_input_grad[0] else None
         grad_b = sum_to_shape(_swap_last(a2) @ g2, b2.shape) if ctx.needs_input_grad[1] else None

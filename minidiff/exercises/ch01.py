@@ -43,10 +43,10 @@ class MatMul:
         a2 = a[None, :] if a.ndim == 1 else a  # (..., n, k)
         b2 = b[:, None] if b.ndim == 1 else b  # (..., k, m)
         g2 = grad
-        if a.ndim == 1:
-            g2 = np.expand_dims(g2, -2)
         if b.ndim == 1:
-            g2 = np.expand_dims(g2, -1)  # (..., n, m)
+            g2 = np.expand_dims(g2, -1)
+        if a.ndim == 1:
+            g2 = np.expand_dims(g2, -2)  # (..., n, m)
         raise NotImplementedError("Exercise 1.3: grad_a = g2 @ b2^T and grad_b = a2^T @ g2, each summed over broadcast batch axes")
         return (None if grad_a is None else grad_a.reshape(a.shape),
                 None if grad_b is None else grad_b.reshape(b.shape))
