@@ -20,8 +20,6 @@ from typing import Any
 
 import numpy as np
 
-from minidiff.autodiff.function import Node
-
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 DEFAULT_DTYPE = np.dtype(np.float32)  # for Python numbers and lists, as in PyTorch
 
@@ -62,6 +60,19 @@ def _as_array(data: Any, dtype: Any) -> np.ndarray:
     return array.astype(DEFAULT_DTYPE) if array.dtype.kind == "f" else array
 
 
+class Node:
+    """Where a tensor came from: the Function, its context and its tensor inputs (None for constants)."""
+
+    __slots__ = ("ctx", "fn", "freed", "parents")
+
+    def __init__(self, fn: type, ctx: Any, parents: tuple[Any, ...]) -> None:
+        self.fn, self.ctx, self.parents, self.freed = fn, ctx, parents, False
+
+    def free(self) -> None:
+        """Drop the saved arrays and the links to the inputs once the backward has run."""
+        self.ctx, self.parents, self.freed = None, (), True
+
+
 class Tensor:
     """An n-dimensional array (NumPy) with an optional gradient and the graph that produced it."""
 
@@ -76,6 +87,16 @@ class Tensor:
         self.requires_grad = bool(requires_grad)
         self.grad: np.ndarray | None = None
         self._node: Node | None = None
+
+    @classmethod
+    def _from_op(cls, data: Any, node: Node | None) -> Tensor:
+        """The output of an operation (no checks: the Function made it): tracked when node is given."""
+        out = cls.__new__(cls)
+        out.data = data if type(data) is np.ndarray else np.asarray(data)
+        out.requires_grad = node is not None
+        out.grad = None
+        out._node = node
+        return out
 
     # -- array facts ---------------------------------------------------------------------------
     @property
@@ -166,17 +187,19 @@ class Tensor:
                 raise RuntimeError("backward: this graph was already freed by an earlier backward; "
                                    "pass retain_graph=True to the first call to go through it twice")
             input_grads = node.fn.backward(node.ctx, grad)
-            if not isinstance(input_grads, tuple):
+            if type(input_grads) is not tuple:
                 input_grads = (input_grads,)
             for parent, g in zip(node.parents, input_grads, strict=True):
                 if parent is None or g is None:
                     continue
-                if g.shape != parent.shape:
+                data = parent.data
+                if g.shape != data.shape:
                     raise RuntimeError(f"{node.fn.__name__}.backward returned a gradient of shape {g.shape} "
-                                       f"for an input of shape {parent.shape}")
-                g = g.astype(parent.dtype, copy=False)
+                                       f"for an input of shape {data.shape}")
+                if g.dtype != data.dtype:
+                    g = g.astype(data.dtype)
                 key = id(parent)
-                grads[key] = g if key not in grads else grads[key] + g
+                grads[key] = grads[key] + g if key in grads else g
             if not retain_graph:
                 node.free()
 
@@ -332,7 +355,9 @@ def _topological_order(root: Tensor) -> list[Tensor]:
         visited.add(id(tensor))
         stack.append((tensor, True))
         if tensor._node is not None:
-            stack.extend((p, False) for p in tensor._node.parents if p is not None and id(p) not in visited)
+            for parent in tensor._node.parents:
+                if parent is not None and id(parent) not in visited:
+                    stack.append((parent, False))
     return order
 
 
