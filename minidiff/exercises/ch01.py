@@ -22,6 +22,8 @@ def sum_to_shape(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     Broadcasting first prepends size-1 axes to the shorter shape, then stretches size-1 axes. Each
     copy of an input element receives its own gradient, and the element's gradient is their sum.
     """
+    if grad.shape == shape:
+        return grad
     raise NotImplementedError("Exercise 1.1: sum away the prepended axes, then the stretched size-1 axes (keepdims)")
     return grad.reshape(shape)
 
