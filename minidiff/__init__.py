@@ -3,7 +3,7 @@
 Start with the chapter notebooks (notebooks/00_quickstart.py) and `python -m minidiff info`.
 """
 
-from minidiff import autodiff, functional, kernels
+from minidiff import autodiff, checkpoint, functional, kernels, nn, optim
 from minidiff.autodiff import Tensor, enable_grad, no_grad, tensor
 from minidiff.backend import (
     available_backends,
@@ -22,13 +22,16 @@ __all__ = [
     "__version__",
     "autodiff",
     "available_backends",
+    "checkpoint",
     "enable_grad",
     "fast_mode",
     "functional",
     "get_backend",
     "get_num_threads",
     "kernels",
+    "nn",
     "no_grad",
+    "optim",
     "set_backend",
     "set_num_threads",
     "tensor",

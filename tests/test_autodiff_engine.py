@@ -192,3 +192,11 @@ def test_value_backward_handles_deep_graphs():
     y.backward()
     assert x.grad == 1.0
     assert math.isclose(y.data, 0.5)
+
+
+def test_a_zero_dimensional_leaf_gets_an_array_gradient():
+    x = Tensor(np.array(2.0), requires_grad=True)
+    x.exp().backward()
+    assert isinstance(x.grad, np.ndarray)
+    assert x.grad.shape == ()
+    assert x.grad == pytest.approx(np.exp(2.0))

@@ -221,9 +221,11 @@ class Tanh(Function):
 
 
 def stable_sigmoid(x: np.ndarray) -> np.ndarray:
-    """1 / (1 + e^-x) without overflow: for x < 0 it is computed as e^x / (1 + e^x)."""
-    e = np.exp(-np.abs(x))  # in (0, 1]: never overflows
-    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+    """1 / (1 + e^-x) without overflow. With e = e^-|x| in (0, 1] and r = 1 / (1 + e) = sigmoid(|x|):
+    sigmoid(x) = r for x >= 0 and e r (= 1 - r) for x < 0, i.e. r * max(e, [x >= 0])."""
+    e = np.exp(-np.abs(x))  # never overflows
+    r = 1 / (1 + e)
+    return r * np.maximum(e, x >= 0)
 
 
 class Sigmoid(Function):

@@ -181,7 +181,7 @@ class Tensor:
                 continue
             node = tensor._node
             if node is None:  # a leaf: accumulate
-                tensor.grad = grad.copy() if tensor.grad is None else tensor.grad + grad
+                tensor.grad = np.array(grad) if tensor.grad is None else np.asarray(tensor.grad + grad)
                 continue
             if node.freed:
                 raise RuntimeError("backward: this graph was already freed by an earlier backward; "
