@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -54,3 +56,37 @@ def step_coefs(draw, clip: bool | None = None):
     with_clip = draw(st.booleans()) if clip is None else clip
     bound = draw(st.floats(0.05, 5.0)) if with_clip else None
     return StepCoefs(draw(coef), draw(coef), draw(coef), draw(coef), draw(coef), draw(coef), bound)
+
+
+# --- diffusion schedules ---------------------------------------------------------------------------
+
+SCHEDULE_KINDS = ("linear", "cosine", "scaled_linear", "sigmoid", "zero_terminal_snr")
+# The default beta ranges are rescaled by 1000 / T, which needs beta_end * 1000 / T < 1.
+MIN_T = {"linear": 21, "cosine": 1, "scaled_linear": 13, "sigmoid": 21, "zero_terminal_snr": 21}
+
+
+@functools.cache
+def noise_schedule(kind: str, T: int):
+    """A NoiseSchedule by kind (zero_terminal_snr: the linear one rescaled), built once per (kind, T)."""
+    from minidiff.diffusion import NoiseSchedule
+
+    if kind == "zero_terminal_snr":
+        return NoiseSchedule.named("linear", T, zero_terminal_snr=True)
+    return NoiseSchedule.named(kind, T)
+
+
+@st.composite
+def schedules(draw, kinds=SCHEDULE_KINDS, max_T: int = 300):
+    """NoiseSchedules of every kind, T from MIN_T[kind] to max_T."""
+    kind = draw(st.sampled_from(kinds))
+    min_T = MIN_T[kind]
+    return noise_schedule(kind, draw(st.integers(min_T, max(min_T, max_T))))
+
+
+@st.composite
+def schedule_and_t(draw, kinds=SCHEDULE_KINDS, max_T: int = 300, min_t: int = 1, informative_eps: bool = False):
+    """(schedule, t) with t in min_t..T; informative_eps: never t = T of a zero-terminal-SNR schedule
+    (alpha_bar_T = 0 there, so eps says nothing about x0)."""
+    schedule = draw(schedules(kinds, max_T).filter(lambda s: min_t <= s.T))
+    top = schedule.T - 1 if informative_eps and schedule.zero_terminal_snr else schedule.T  # T >= 21 there
+    return schedule, draw(st.integers(min_t, top))

@@ -34,7 +34,10 @@ def test_exercise_tests_fail_on_the_stub(exercise_id, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MINIDIFF_EXERCISES"}
     cmd = [sys.executable, "-m", "pytest", "--student", "--exercise", exercise_id, "-q", "-p", "no:cacheprovider",
            "-p", "no:xdist", f"--junitxml={report}", str(ROOT / "tests")]
-    subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    # Exit 1: tests ran and failed. Anything else (2: a collection error, 5: nothing collected) means the
+    # stubs broke something outside the exercise tests, which would then "fail" for the wrong reason.
+    assert result.returncode == 1, f"pytest --student exited {result.returncode}:\n{result.stdout[-3000:]}"
     suite = ET.parse(report).getroot().find("testsuite")
     counts = {k: int(suite.get(k)) for k in ("tests", "failures", "errors", "skipped")}
     assert counts["tests"] >= 1, f"{exercise_id} has no test marked @pytest.mark.exercise({exercise_id!r})"
