@@ -54,6 +54,12 @@ def student_ids() -> set[str] | None:
     return {s.strip() for s in raw.split(",") if s.strip()} if raw else None
 
 
+def stub_package() -> str:
+    """Where graded stubs are imported from: minidiff.exercises, or MINIDIFF_EXERCISES_PACKAGE (the
+    suite points it at solved stubs to check that correct answers pass)."""
+    return os.environ.get("MINIDIFF_EXERCISES_PACKAGE", "").strip() or "minidiff.exercises"
+
+
 def exercise(exercise_id: str) -> Callable[[F], F]:
     """Mark a reference function as exercise `exercise_id`; in student mode, route calls to the stub."""
     chapter, _ = parse_id(exercise_id)
@@ -65,7 +71,7 @@ def exercise(exercise_id: str) -> Callable[[F], F]:
 
         @functools.wraps(reference)
         def call_stub(*args, **kwargs):
-            stub = importlib.import_module(f"minidiff.exercises.ch{chapter:02d}")
+            stub = importlib.import_module(f"{stub_package()}.ch{chapter:02d}")
             target = stub
             for part in reference.__qualname__.split("."):
                 target = getattr(target, part)
@@ -87,6 +93,7 @@ class Exercise:
     module: str  # minidiff.kernels.sampler_step
     qualname: str  # sampler_step_ref or Mul.backward
     source: str  # the stub's source, dedented to its class (if any)
+    solution: str  # the same function with the solution in place of the raise
     imports: list[str]  # import lines the stub needs
 
 
@@ -151,17 +158,19 @@ def _find_exercises(path: Path) -> list[Exercise]:
         if f"exercise({ex_id!r})" not in [d.replace('"', "'") for d in decorators]:
             raise ValueError(f"{path}:{func.lineno}: {func.name} holds {ex_id} but lacks @exercise({ex_id!r})")
         first = func.decorator_list[0].lineno if func.decorator_list else func.lineno
-        body = lines[first - 1 : i] + [
-            f'{indent}raise NotImplementedError("Exercise {_short(ex_id)}: {hint or "write this part"}")'
-        ] + lines[end + 1 : func.end_lineno]
-        body = [ln for ln in body if not ln.strip().startswith("@exercise(")]
-        shift = func.col_offset
-        source = "\n".join(ln[shift:] if ln.strip() else "" for ln in body)
+        stub_line = f'{indent}raise NotImplementedError("Exercise {_short(ex_id)}: {hint or "write this part"}")'
+
+        def dedented(middle: list[str], func=func, first=first, end=end, i=i) -> str:
+            body = [*lines[first - 1 : i], *middle, *lines[end + 1 : func.end_lineno]]
+            body = [ln for ln in body if not ln.strip().startswith("@exercise(")]
+            return "\n".join(ln[func.col_offset :] if ln.strip() else "" for ln in body)
+
         used = {n.id for n in ast.walk(func) if isinstance(n, ast.Name)}
         needed = sorted({imports[n] for n in used if n in imports and n != "exercise"})
         needed += [f"from {module} import {n}" for n in sorted(used & module_names) if n != func.name]
         qualname = f"{owner.name}.{func.name}" if owner else func.name
-        found.append(Exercise(ex_id, hint, module, qualname, source, needed))
+        found.append(Exercise(ex_id, hint, module, qualname, dedented([stub_line]), dedented(lines[i + 1 : end]),
+                              needed))
     return found
 
 
@@ -203,8 +212,9 @@ def collect() -> list[Exercise]:
     return sorted(found, key=lambda e: parse_id(e.id))
 
 
-def render(exercises: list[Exercise]) -> dict[str, str]:
-    """file name -> text of every stub file (chNN.py, plus __init__.py)."""
+def render(exercises: list[Exercise], solved: bool = False) -> dict[str, str]:
+    """file name -> text of every stub file (chNN.py, plus __init__.py). solved=True keeps the
+    solutions in place of the raises: what a student who got everything right would have."""
     chapters: dict[int, list[Exercise]] = {}
     for e in exercises:
         chapters.setdefault(parse_id(e.id)[0], []).append(e)
@@ -224,14 +234,17 @@ def render(exercises: list[Exercise]) -> dict[str, str]:
             "from __future__ import annotations\n",
             "\n".join(imports) + "\n" if imports else "",
         ]
+        blocks: dict[str, list[str]] = {}  # top-level name -> its pieces; methods of one class share a block
         for e in items:
-            title = f"\n# Exercise {_short(e.id)} (reference: {e.module}.{e.qualname})\n"
+            title = f"# Exercise {_short(e.id)} (reference: {e.module}.{e.qualname})"
+            source = e.solution if solved else e.source
+            top = e.qualname.split(".")[0]
             if "." in e.qualname:
-                cls, _ = e.qualname.split(".", 1)
-                body = "\n".join(("    " + ln) if ln else "" for ln in e.source.splitlines())
-                parts.append(f"{title}class {cls}:\n{body}\n")
+                method = "\n".join(("    " + ln) if ln else "" for ln in [title, *source.splitlines()])
+                blocks.setdefault(top, [f"class {top}:"]).append(method)
             else:
-                parts.append(title + e.source + "\n")
+                blocks[top] = [title, source]
+        parts += ["\n" + "\n".join(pieces) + "\n" for pieces in blocks.values()]
         files[f"ch{chapter:02d}.py"] = "\n".join(p.rstrip("\n") + "\n" if p else "" for p in parts)
     return files
 

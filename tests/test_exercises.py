@@ -46,6 +46,24 @@ def test_exercise_tests_fail_on_the_stub(exercise_id, tmp_path):
     assert counts["skipped"] == 0, f"{exercise_id}: exercise tests must not skip on the stub"
 
 
+def test_correct_answers_in_the_stubs_pass(tmp_path):
+    """Stubs filled in with the reference solutions (what a student who got everything right would
+    have) pass every exercise test in student mode: the stubs import all that a solution needs."""
+    package = tmp_path / "solved_stubs"
+    package.mkdir()
+    for name, text in exercise_tools.render(exercise_tools.collect(), solved=True).items():
+        (package / name).write_text(text)
+    report = tmp_path / "report.xml"
+    env = {**os.environ, "MINIDIFF_EXERCISES_PACKAGE": "solved_stubs",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "pytest", "--student", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+           f"--junitxml={report}", str(ROOT / "tests")]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout[-3000:]
+    suite = ET.parse(report).getroot().find("testsuite")
+    assert int(suite.get("tests")) >= len(EXERCISE_IDS)
+
+
 def test_student_mode_routes_calls_to_the_stub(monkeypatch):
     """The decorator hands calls to minidiff.exercises.chNN when the id is graded, and only then."""
 

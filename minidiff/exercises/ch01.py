@@ -28,8 +28,8 @@ def sum_to_shape(grad: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return grad.reshape(shape)
 
 
-# Exercise 1.2 (reference: minidiff.autodiff.ops.Mul.backward)
 class Mul:
+    # Exercise 1.2 (reference: minidiff.autodiff.ops.Mul.backward)
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> tuple[Any, Any]:
         a, b = ctx.saved
@@ -37,8 +37,8 @@ class Mul:
         return grad_a, grad_b
 
 
-# Exercise 1.3 (reference: minidiff.autodiff.ops.MatMul.backward)
 class MatMul:
+    # Exercise 1.3 (reference: minidiff.autodiff.ops.MatMul.backward)
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> tuple[Any, Any]:
         a, b = ctx.saved
@@ -54,8 +54,8 @@ class MatMul:
                 None if grad_b is None else grad_b.reshape(b.shape))
 
 
-# Exercise 1.4 (reference: minidiff.functional.Softmax.backward)
 class Softmax:
+    # Exercise 1.4 (reference: minidiff.functional.Softmax.backward)
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> np.ndarray:
         s, axis = ctx.saved
