@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_autodiff_ops import Case, check_against_torch, check_gradcheck
+from op_cases import Case, check_against_torch, check_gradcheck
 
 import minidiff.functional as F
 from minidiff.autodiff import Tensor
