@@ -9,6 +9,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from nvrtc import NVRTC, find_library
+
+from minidiff.kernels import _cuda
 
 CSRC = Path(__file__).resolve().parent.parent / "csrc"
 CU_FILES = sorted((CSRC / "cuda").glob("*.cu"))
@@ -46,3 +49,24 @@ def test_cuda_sources_need_no_standard_headers(cu):
     """NVRTC (CuPy's run-time compiler) has no C++ standard library: only project headers."""
     includes = [ln for ln in cu.read_text().splitlines() if ln.startswith("#include")]
     assert all(ln.startswith('#include "minidiff/') for ln in includes), includes
+
+
+def test_every_cuda_source_declares_its_template_instances():
+    assert set(_cuda.INSTANCES) == {cu.name for cu in CU_FILES}
+
+
+@pytest.mark.parametrize("cu", CU_FILES, ids=lambda p: p.name)
+def test_nvrtc_compiles_what_cupy_will_load(cu):
+    """CuPy compiles at run time with NVRTC: the same source, options and name expressions here,
+    for both architectures, without a GPU."""
+    library = find_library()
+    if library is None:
+        if os.environ.get("MINIDIFF_REQUIRE_NVCC") == "1":
+            pytest.fail("NVRTC is required here: pip install nvidia-cuda-nvrtc-cu12 (part of the dev extra)")
+        pytest.skip("NVRTC not installed (pip install nvidia-cuda-nvrtc-cu12)")
+    nvrtc = NVRTC(library)
+    instances = list(_cuda.INSTANCES[cu.name])
+    for arch in ARCHS:
+        lowered = nvrtc.compile(cu.read_text(), cu.name, [*_cuda.nvrtc_options(), f"-arch=compute_{arch}"], instances)
+        kernel = instances[0].split("<")[0]
+        assert all(kernel in mangled for mangled in lowered.values()), lowered

@@ -16,6 +16,12 @@ import numpy as np
 
 from minidiff import backend as _backend
 
+# Every CUDA source, with the template instances CuPy compiles from it (NVRTC name expressions).
+INSTANCES: dict[str, tuple[str, ...]] = {
+    "sampler_step.cu": ("sampler_step_kernel<float>", "sampler_step_kernel<double>"),
+    "block_reduce.cu": ("row_sum_kernel<float>", "row_sum_kernel<double>"),
+}
+
 THREADS_PER_BLOCK = 256
 MAX_BLOCKS = 4096  # elementwise kernels stride over the rest
 
@@ -39,29 +45,28 @@ def csrc_dir() -> Path:
     raise FileNotFoundError(f"csrc: no CUDA sources found beside {here}; reinstall minidiff")
 
 
+def nvrtc_options() -> tuple[str, ...]:
+    """The compiler options CuPy passes to NVRTC (it adds the GPU's -arch itself)."""
+    return ("--std=c++17", f"-I{csrc_dir() / 'include'}")
+
+
 @functools.cache
-def _raw_module(cu_file: str, name_expressions: tuple[str, ...]) -> Any:
+def _raw_module(cu_file: str) -> Any:
     cupy = _backend.cupy_module()
-    root = csrc_dir()
-    source = (root / "cuda" / cu_file).read_text()
-    return cupy.RawModule(
-        code=source,
-        options=("--std=c++17", f"-I{root / 'include'}"),
-        name_expressions=name_expressions,
-    )
+    source = (csrc_dir() / "cuda" / cu_file).read_text()
+    return cupy.RawModule(code=source, options=nvrtc_options(), name_expressions=INSTANCES[cu_file])
 
 
 def launch(
     backend: str,
     cu_file: str,
     kernel: str,
-    instances: tuple[str, ...],
     grid: tuple[int, ...],
     block: tuple[int, ...],
     args: tuple[Any, ...],
     writes: tuple[int, ...],
 ) -> None:
-    """Run `kernel` (one of the template `instances`, e.g. "k<float>") of csrc/cuda/`cu_file`.
+    """Run `kernel` (one of INSTANCES[cu_file], e.g. "k<float>") of csrc/cuda/`cu_file`.
 
     `writes` are the positions in `args` of the arrays the kernel writes. On "cuda", NumPy arrays are
     copied to the device and those written are copied back, so NumPy callers need not know.
@@ -71,7 +76,7 @@ def launch(
         getattr(emu, kernel.split("<")[0])(grid, block, *args)
         return
     cupy = _backend.cupy_module()
-    function = _raw_module(cu_file, instances).get_function(kernel)
+    function = _raw_module(cu_file).get_function(kernel)
     device_args = tuple(cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args)
     function(grid, block, device_args)
     for i in writes:

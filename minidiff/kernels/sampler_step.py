@@ -120,8 +120,7 @@ def _on_cuda(backend: str) -> Any:
                 np.int32(has_z), np.int32(c.clip is not None))
         grid, block = _cuda.launch_config_1d(x.size)
         kernel = f"sampler_step_kernel<{_cuda.ctype(x.dtype)}>"
-        instances = ("sampler_step_kernel<float>", "sampler_step_kernel<double>")
-        _cuda.launch(backend, "sampler_step.cu", kernel, instances, grid, block, args, writes=(3,))
+        _cuda.launch(backend, "sampler_step.cu", kernel, grid, block, args, writes=(3,))
         return out
 
     return run
