@@ -29,11 +29,12 @@ def test_info_names_versions_backends_build_and_cpu():
         assert ("-march=native" in out) and (str(info["march_native"]) in out)
 
 
-def test_info_says_why_a_backend_is_missing():
+def test_info_says_for_every_backend_whether_it_runs_and_why_not():
     result = run("info", MINIDIFF_BACKEND="numpy")
-    why = md.backend.why_unavailable("cuda")
-    if why:
-        assert f"unavailable: {why}" in result.stdout
+    for name in md.backend.BACKENDS + md.backend.TEST_BACKENDS:
+        why = md.backend.why_unavailable(name)
+        assert f"{name}  " in result.stdout
+        assert (f"unavailable: {why}" if why else "available") in result.stdout
 
 
 def test_demo_says_plainly_that_it_is_not_there_yet():
