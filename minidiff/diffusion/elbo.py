@@ -9,8 +9,6 @@ L_T the prior term; `VLBTerms.terms[:, k]` holds L_k.
 from __future__ import annotations
 
 import math
-import sys
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +28,7 @@ from minidiff.diffusion.reverse import (
     prior_mean_log_variance,
 )
 from minidiff.diffusion.schedules import NoiseSchedule
+from minidiff.progress import progress
 
 
 def prior_term(schedule: NoiseSchedule, x0: np.ndarray, prior: Any = None) -> np.ndarray:
@@ -198,26 +197,6 @@ class ELBOEstimate:
     standard_error: float
     terms_bits_per_dim: np.ndarray
     num_examples: int
-
-
-def _plain_progress(iterable: Iterable, total: int, desc: str) -> Iterator:
-    """A progress report without tqdm: a line on stderr at every tenth of the way."""
-    every = max(1, total // 10)
-    for i, item in enumerate(iterable, start=1):
-        yield item
-        if i % every == 0 or i == total:
-            print(f"{desc}: {i}/{total}", file=sys.stderr, flush=True)
-
-
-def progress(iterable: Iterable, total: int, desc: str, enabled: bool = True) -> Iterable:
-    """tqdm's progress bar when tqdm is installed (it is not a dependency of minidiff), else plain lines."""
-    if not enabled:
-        return iterable
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return _plain_progress(iterable, total, desc)
-    return tqdm(iterable, total=total, desc=desc, leave=False)
 
 
 def neg_elbo_bits_per_dim(schedule: NoiseSchedule, model: Any, data: np.ndarray, *, rng: np.random.Generator,

@@ -28,6 +28,7 @@ from minidiff.diffusion.schedules import (
     scaled_linear_betas,
     sigmoid_betas,
 )
+from minidiff.progress import progress as progress_bar
 
 TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
 # diffusers' names of the beta schedules, and the minidiff function that makes each.
@@ -168,7 +169,9 @@ def spaced_timesteps(spacing: str, T: int, n: int, steps_offset: int = 0) -> np.
     With k = t - 1 (diffusers' count) and r = T // N:
       "leading"   k = r (N - 1), ..., r, 0, plus steps_offset (DDPM, DDIM's default)
       "linspace"  k = round(linspace(0, T - 1, N)) reversed (the first step is T - 1)
-      "trailing"  k = round(T - i T / N) - 1 for i = 0..N-1 (the first step is T - 1; Lin et al. 2023)
+      "trailing"  k = round(T - i T / N) - 1 for i = 0..N-1 (the first step is T - 1; Lin et al. 2023).
+                  diffusers takes these from arange(T, 0, -T / N), which for some N gets an extra
+                  point from rounding (and then a k = -1); minidiff keeps exactly N.
     Returns int64 t = k + 1, descending.
     """
     _v.choice(spacing, "timestep_spacing", TIMESTEP_SPACINGS)
@@ -177,7 +180,7 @@ def spaced_timesteps(spacing: str, T: int, n: int, steps_offset: int = 0) -> np.
     elif spacing == "linspace":
         k = np.linspace(0, T - 1, n).round()[::-1]
     else:
-        k = np.round(np.arange(T, 0, -T / n)) - 1
+        k = np.round(T - np.arange(n) * (T / n)) - 1  # diffusers' arange(T, 0, -T / N), which can get N + 1 points
     t = k.astype(np.int64) + 1
     if t.min() < 1 or t.max() > T:
         raise ValueError(f"steps_offset: {steps_offset} moves the timesteps outside 1..T = 1..{T}")
@@ -389,7 +392,8 @@ class Sampler:
     def _check_model_output(self, model_output: Any, sample: np.ndarray) -> None:
         _v.float_array(model_output, "model_output")
         if model_output.dtype != sample.dtype:
-            raise TypeError(f"model_output: expected dtype {sample.dtype} (the dtype of sample), got {model_output.dtype}")
+            raise TypeError(f"model_output: expected dtype {sample.dtype} (the dtype of sample), "
+                            f"got {model_output.dtype}")
         if model_output.shape != sample.shape:
             raise ValueError(f"model_output: expected shape {sample.shape} (the shape of sample), got "
                              f"{model_output.shape}")
@@ -430,7 +434,7 @@ class Sampler:
             if x.shape != shape:
                 raise ValueError(f"x_T: expected shape {shape}, got {x.shape}")
         trajectory = [x] if return_trajectory else None
-        for t in _progress(timesteps, progress, type(self).__name__):
+        for t in progress_bar(timesteps, len(timesteps), type(self).__name__, progress):
             t_batch = np.full(shape[0], t, dtype=timesteps.dtype)
             out = np.asarray(model(self.scale_model_input(x, t), t_batch))
             if out.dtype != x.dtype and out.dtype.kind == "f":
@@ -439,14 +443,6 @@ class Sampler:
             if trajectory is not None:
                 trajectory.append(x)
         return np.stack(trajectory) if trajectory is not None else x
-
-
-def _progress(items: Sequence[Any], enabled: bool, name: str) -> Any:
-    if not enabled:
-        return items
-    from tqdm.auto import tqdm
-
-    return tqdm(items, desc=name, unit="step", leave=False)
 
 
 def _short_list(a: np.ndarray) -> str:
