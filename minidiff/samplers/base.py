@@ -38,7 +38,9 @@ BETA_SCHEDULES: dict[str, Callable[[int, float, float], np.ndarray]] = {
     "squaredcos_cap_v2": lambda T, start, end: cosine_betas(T),  # beta_start, beta_end unused (as in diffusers)
     "sigmoid": lambda T, start, end: sigmoid_betas(T, start, end),
 }
-METADATA_KEYS = ("_class_name", "_diffusers_version")
+# Keys of a diffusers config that describe it rather than the scheduler (`dict(scheduler.config)` also
+# holds `_use_default_values`, the keys left at their defaults).
+METADATA_KEYS = ("_class_name", "_diffusers_version", "_use_default_values")
 
 
 class SamplerOutput(NamedTuple):
@@ -156,7 +158,7 @@ def schedule_from_config(config: Mapping[str, Any]) -> NoiseSchedule:
             raise ValueError(f"trained_betas: expected num_train_timesteps = {T} values, got shape {betas.shape}")
     else:
         betas = BETA_SCHEDULES[config["beta_schedule"]](T, config["beta_start"], config["beta_end"])
-    return NoiseSchedule(betas, zero_terminal_snr=config["rescale_betas_zero_snr"])
+    return NoiseSchedule(betas, zero_terminal_snr=config.get("rescale_betas_zero_snr", False))  # Heun has no such key
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -435,14 +437,18 @@ class Sampler:
                 raise ValueError(f"x_T: expected shape {shape}, got {x.shape}")
         trajectory = [x] if return_trajectory else None
         for t in progress_bar(timesteps, len(timesteps), type(self).__name__, progress):
-            t_batch = np.full(shape[0], t, dtype=timesteps.dtype)
-            out = np.asarray(model(self.scale_model_input(x, t), t_batch))
-            if out.dtype != x.dtype and out.dtype.kind == "f":
-                out = out.astype(x.dtype)
-            x = self.step(out, t, x, rng=rng).prev_sample
+            x = self.step(self._model_output(model, x, t), t, x, rng=rng).prev_sample
             if trajectory is not None:
                 trajectory.append(x)
         return np.stack(trajectory) if trajectory is not None else x
+
+    def _model_output(self, model: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray, t: Any) -> np.ndarray:
+        """model(scale_model_input(x, t), t as shape (B,)), a float output cast to the dtype of x."""
+        t_batch = np.full(x.shape[0], t, dtype=self.timesteps.dtype)
+        out = np.asarray(model(self.scale_model_input(x, t), t_batch))
+        if out.dtype != x.dtype and out.dtype.kind == "f":
+            out = out.astype(x.dtype)
+        return out
 
 
 def _short_list(a: np.ndarray) -> str:

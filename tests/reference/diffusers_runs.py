@@ -27,10 +27,12 @@ def model_t(x: np.ndarray, t) -> np.ndarray:
     return model_k(x, np.asarray(t, dtype=np.float64) - 1.0)
 
 
-def run_diffusers(scheduler, x_T: np.ndarray, noises: list[np.ndarray], learned_range: bool = False):
+def run_diffusers(scheduler, x_T: np.ndarray, noises: list[np.ndarray], learned_range: bool = False,
+                  step_kwargs: dict | None = None):
     """(samples after every step, x0 estimates) of a diffusers scheduler whose timesteps are set.
 
-    learned_range: the model returns 2C channels (prediction, then a variance value in [-1, 1])."""
+    learned_range: the model returns 2C channels (prediction, then a variance value in [-1, 1]).
+    step_kwargs: more arguments of `scheduler.step` (DDIM's eta, use_clipped_model_output)."""
     x = torch.from_numpy(x_T.copy())
     samples, x0s = [x_T.copy()], []
     for i, k in enumerate(scheduler.timesteps):
@@ -40,7 +42,7 @@ def run_diffusers(scheduler, x_T: np.ndarray, noises: list[np.ndarray], learned_
             out = np.concatenate([out, np.tanh(inp.numpy())], axis=1)
         noise = torch.from_numpy(noises[i].copy())
         with fixed_noise(scheduler, noise):
-            result = scheduler.step(torch.from_numpy(out), k, x)
+            result = scheduler.step(torch.from_numpy(out), k, x, **(step_kwargs or {}))
         x = result.prev_sample
         samples.append(x.numpy().copy())
         x0 = getattr(result, "pred_original_sample", None)
