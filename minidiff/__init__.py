@@ -3,7 +3,7 @@
 Start with the chapter notebooks (notebooks/00_quickstart.py) and `python -m minidiff info`.
 """
 
-from minidiff import autodiff, checkpoint, diffusion, functional, kernels, nn, optim
+from minidiff import autodiff, checkpoint, diffusion, functional, kernels, nn, optim, samplers
 from minidiff.autodiff import Tensor, enable_grad, no_grad, tensor
 from minidiff.backend import (
     available_backends,
@@ -33,6 +33,7 @@ __all__ = [
     "nn",
     "no_grad",
     "optim",
+    "samplers",
     "set_backend",
     "set_num_threads",
     "tensor",

@@ -1,9 +1,11 @@
-"""The mathematics of diffusion models (chapters 02-04 of the book): schedules, the forward process,
-the posterior, the reverse process, parameterizations, the training loss and the ELBO.
+"""The mathematics of diffusion models: schedules, the forward process, the posterior, the reverse
+process, parameterizations, the training loss and the ELBO (chapters 02-04); scores and score
+matching, the analytic Gaussian-mixture oracle (chapter 05); SDEs, the probability flow ODE and the
+likelihood (chapter 06); flow matching (chapter 10).
 
 Timesteps are t = 1..T (t = 0 is the data). A `NoiseSchedule` stores every per-step quantity once, in
 arrays of length T + 1 indexed by t itself. Each function implementing an equation of the book starts
-its docstring with the equation's id ([E1]..[E23], [E27]).
+its docstring with the equation's id ([E1]..[E34], [E38]).
 """
 
 from minidiff.diffusion.elbo import (
@@ -18,7 +20,20 @@ from minidiff.diffusion.elbo import (
     vlb_terms,
     vlb_weight,
 )
+from minidiff.diffusion.flow import (
+    flow_alpha_bar,
+    flow_eps_from_velocity,
+    flow_interpolant,
+    flow_matching_loss,
+    flow_target,
+    flow_time_from_alpha_bar,
+    flow_velocity_from_eps,
+    flow_x0_from_velocity,
+    sample_flow_times,
+    shift_flow_time,
+)
 from minidiff.diffusion.forward import q_mean_variance, q_sample, q_sample_trajectory, q_step, q_step_mean_variance
+from minidiff.diffusion.gmm import GaussianMixture
 from minidiff.diffusion.losses import (
     bits_per_dim,
     discretized_gaussian_log_likelihood,
@@ -68,12 +83,22 @@ from minidiff.diffusion.schedules import (
     sigmoid_betas,
     snr_from_log_alpha_bars,
 )
+from minidiff.diffusion.score import (
+    LinearScore,
+    denoising_score_matching_loss,
+    explicit_score_matching_loss,
+    implicit_score_matching_loss,
+    score_from_log_prob,
+    score_jacobian_trace,
+)
 
 __all__ = [
     "PREDICTION_TYPES",
     "SCHEDULE_NAMES",
     "VARIANCE_TYPES",
     "ELBOEstimate",
+    "GaussianMixture",
+    "LinearScore",
     "NoiseSchedule",
     "ReverseStep",
     "VLBTerms",
@@ -82,10 +107,21 @@ __all__ = [
     "bits_per_dim",
     "cosine_betas",
     "decoder_nll",
+    "denoising_score_matching_loss",
     "denoising_term",
     "discretized_gaussian_log_likelihood",
     "elbo_sample",
     "eps_from_score",
+    "explicit_score_matching_loss",
+    "flow_alpha_bar",
+    "flow_eps_from_velocity",
+    "flow_interpolant",
+    "flow_matching_loss",
+    "flow_target",
+    "flow_time_from_alpha_bar",
+    "flow_velocity_from_eps",
+    "flow_x0_from_velocity",
+    "implicit_score_matching_loss",
     "l_simple",
     "linear_betas",
     "log_normal_cdf",
@@ -115,8 +151,12 @@ __all__ = [
     "q_step_mean_variance",
     "rescale_zero_terminal_snr",
     "reverse_variance",
+    "sample_flow_times",
     "scaled_linear_betas",
     "score_from_eps",
+    "score_from_log_prob",
+    "score_jacobian_trace",
+    "shift_flow_time",
     "short_chain_beta_range",
     "sigmoid_betas",
     "simple_loss",

@@ -14,6 +14,8 @@ DIFFUSERS_CLASSES = {
     "EulerDiscreteScheduler": ("minidiff.samplers.edm", "EulerSampler"),
     "HeunDiscreteScheduler": ("minidiff.samplers.edm", "HeunSampler"),
     "EulerAncestralDiscreteScheduler": ("minidiff.samplers.edm", "EulerAncestralSampler"),
+    "FlowMatchEulerDiscreteScheduler": ("minidiff.samplers.flow", "FlowMatchEulerSampler"),
+    "FlowMatchHeunDiscreteScheduler": ("minidiff.samplers.flow", "FlowMatchHeunSampler"),
 }
 
 
