@@ -417,24 +417,12 @@ class Sampler:
         Returns x_0, or with return_trajectory the samples after every step, shape (1 + steps, *shape),
         starting from x_T.
         """
-        if not isinstance(rng, np.random.Generator):
-            raise TypeError(f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)), "
-                            f"got {type(rng).__name__}")
-        if not callable(model):
-            raise TypeError(f"model: expected a callable model(x, t), got {type(model).__name__}")
         if num_inference_steps is not None:
             self.set_timesteps(num_inference_steps)
         timesteps = self.timesteps
         self._step_index = None
-        shape = tuple(int(s) for s in shape)
-        if len(shape) < 1 or min(shape) < 1:
-            raise ValueError(f"shape: expected a batch shape (B, ...) with positive sides, got {shape}")
-        if x_T is None:
-            x = (rng.standard_normal(shape) * self.init_noise_sigma).astype(dtype)
-        else:
-            x = _v.float_array(x_T, "x_T").copy()
-            if x.shape != shape:
-                raise ValueError(f"x_T: expected shape {shape}, got {x.shape}")
+        x = initial_sample(model, "model", shape, rng, x_T,
+                           lambda shape: (rng.standard_normal(shape) * self.init_noise_sigma).astype(dtype))
         trajectory = [x] if return_trajectory else None
         for t in progress_bar(timesteps, len(timesteps), type(self).__name__, progress):
             x = self.step(self._model_output(model, x, t), t, x, rng=rng).prev_sample
@@ -449,6 +437,26 @@ class Sampler:
         if out.dtype != x.dtype and out.dtype.kind == "f":
             out = out.astype(x.dtype)
         return out
+
+
+def initial_sample(model: Any, model_name: str, shape: Sequence[int], rng: Any, x_T: Any,
+                   draw: Callable[[tuple[int, ...]], np.ndarray]) -> np.ndarray:
+    """The checks every sampling loop makes (a callable model, a Generator, a batch shape), then its
+    starting point: x_T itself (checked, copied) or draw(shape) from the prior."""
+    if not callable(model):
+        raise TypeError(f"{model_name}: expected a callable {model_name}(x, t), got {type(model).__name__}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)), "
+                        f"got {type(rng).__name__}")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 1 or min(shape) < 1:
+        raise ValueError(f"shape: expected a batch shape (B, ...) with positive sides, got {shape}")
+    if x_T is None:
+        return draw(shape)
+    x = _v.float_array(x_T, "x_T").copy()
+    if x.shape != shape:
+        raise ValueError(f"x_T: expected shape {shape}, got {x.shape}")
+    return x
 
 
 def _short_list(a: np.ndarray) -> str:

@@ -40,6 +40,7 @@ from minidiff.samplers.base import (
     a_positive_float,
     a_positive_int,
     disabled,
+    initial_sample,
     one_of,
 )
 
@@ -238,7 +239,7 @@ class FlowMatchSampler:
         used). progress: a progress bar. Returns x_0, or with return_trajectory the samples after every
         step, shape (1 + len(timesteps), *shape), starting from x_T.
         """
-        x = _initial(model, shape, rng, x_T, dtype)
+        x = initial_sample(model, "model", shape, rng, x_T, lambda shape: rng.standard_normal(shape).astype(dtype))
         if num_inference_steps is not None:
             self.set_timesteps(num_inference_steps)
         timesteps = self.timesteps
@@ -250,23 +251,6 @@ class FlowMatchSampler:
             trajectory.append(x)
         return np.stack(trajectory) if return_trajectory else x
 
-
-def _initial(model: Any, shape: Sequence[int], rng: Any, x_T: Any, dtype: Any) -> np.ndarray:
-    """x_1: the given x_T (copied) or a standard normal draw from rng."""
-    if not callable(model):
-        raise TypeError(f"model: expected a callable model(x, t), got {type(model).__name__}")
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)), "
-                        f"got {type(rng).__name__}")
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 1 or min(shape) < 1:
-        raise ValueError(f"shape: expected a batch shape (B, ...) with positive sides, got {shape}")
-    if x_T is None:
-        return rng.standard_normal(shape).astype(dtype)
-    x = _v.float_array(x_T, "x_T").copy()
-    if x.shape != shape:
-        raise ValueError(f"x_T: expected shape {shape}, got {x.shape}")
-    return x
 
 
 class FlowMatchEulerSampler(FlowMatchSampler):
