@@ -69,6 +69,7 @@ def noised_score(gmm: GaussianMixture):
 # --- E25: one step, and the chain on a Gaussian ------------------------------------------------------------
 
 
+@pytest.mark.exercise("ex05.1")
 def test_e25_one_step_is_drift_plus_scaled_noise():
     """[E25] x + (delta / 2) s + sqrt(delta) z, written out here, for float32 and float64."""
     rng = np.random.default_rng(0)
@@ -76,10 +77,55 @@ def test_e25_one_step_is_drift_plus_scaled_noise():
         x, s, z = (rng.normal(size=(5, 3)).astype(dtype) for _ in range(3))
         expected = x + 0.5 * 0.3 * s + math.sqrt(0.3) * z
         got = langevin_step(x, s, 0.3, z)
-        assert got.dtype == dtype
-        assert_close(got, expected, scale=np.abs(x) + np.abs(s) + np.abs(z))
+        assert got.dtype == dtype, f"langevin_step returned {got.dtype} for {np.dtype(dtype)} input"
+        assert_close(got, expected, scale=np.abs(x) + np.abs(s) + np.abs(z), what="x + (delta/2) s + sqrt(delta) z:")
 
 
+@pytest.mark.exercise("ex05.1")
+def test_e25_one_step_with_one_step_size_per_example():
+    """[E25] step_size of shape (B,): example b moves by (delta_b / 2) s_b + sqrt(delta_b) z_b, for data of shape
+    (B, C, W) (the step sizes broadcast over each example's axes), in float32 and float64; the result keeps x's
+    dtype. Computed here example by example in float64."""
+    rng = np.random.default_rng(10)
+    delta = np.array([0.01, 0.3, 1.0, 2.5])  # (B,)
+    for dtype in (np.float32, np.float64):
+        x, s, z = (rng.normal(size=(4, 2, 3)).astype(dtype) for _ in range(3))  # (B, C, W)
+        got = langevin_step(x, s, delta, z)
+        assert got.shape == x.shape, f"langevin_step returned shape {got.shape} for x of shape {x.shape}"
+        assert got.dtype == dtype, f"langevin_step returned {got.dtype} for {np.dtype(dtype)} input"
+        expected = np.empty(x.shape)
+        for b in range(4):
+            xb, sb, zb = (a[b].astype(np.float64) for a in (x, s, z))
+            expected[b] = xb + delta[b] / 2 * sb + math.sqrt(delta[b]) * zb
+        assert_close(got, expected, dtype=dtype, scale=np.abs(x) + np.abs(s) + np.abs(z) * 2,
+                     what="per-example delta:")
+
+
+@pytest.mark.exercise("ex05.1")
+def test_e25_per_example_step_sizes_give_each_chain_its_stationary_variance():
+    """[E25] On p = N(0, s^2) (score -x / s^2) each chain is AR(1), x' = rho x + sqrt(delta) z with rho = 1 - delta /
+    (2 s^2), and its stationary variance is delta / (1 - rho^2). 3 x 8000 chains, one step size per chain (three
+    values, mixed in one batch), 60 steps from the stationary law of their own step size: each group's variance
+    within 5 standard errors (var sqrt(2 / (N - 1))) of its own formula. A step size applied to the wrong chains
+    or a missing factor moves a group's variance by far more."""
+    s2, per_group, n_steps = 0.5, 8000, 60
+    deltas = np.array([0.05, 0.4, 1.2])
+    rho = 1 - deltas / (2 * s2)
+    stationary = deltas / (1 - rho**2)  # (3,)
+    group = np.tile(np.arange(3), per_group)  # (N,), the groups interleaved
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((group.size, 1)) * np.sqrt(stationary[group])[:, None]  # (N, 1)
+    for _ in range(n_steps):
+        x = langevin_step(x, -x / s2, deltas[group], rng.standard_normal(x.shape))
+    for k in range(3):
+        var = x[group == k, 0].var()
+        se = stationary[k] * math.sqrt(2 / (per_group - 1))
+        assert abs(var - stationary[k]) < 5 * se, (
+            f"delta = {deltas[k]}: chain variance {var:.4f}, AR(1) stationary variance {stationary[k]:.4f} "
+            f"(5 s.e. = {5 * se:.4f})")
+
+
+@pytest.mark.exercise("ex05.1")
 @pytest.mark.parametrize("delta", [0.01, 0.5, 1.0, 1.6])
 def test_e25_chain_on_a_gaussian_is_ar1_with_closed_form_moments(delta):
     """[E25] For p = N(0, s^2) the score is -x / s^2 and the chain is x' = rho x + sqrt(delta) z, rho = 1 - delta /
@@ -95,15 +141,18 @@ def test_e25_chain_on_a_gaussian_is_ar1_with_closed_form_moments(delta):
     assert traj.shape == (n_steps + 1, N) and np.all(traj[0] == x_init)
     for n in (1, n_steps // 4, n_steps):
         var = delta * (1 - rho ** (2 * n)) / (1 - rho**2)
-        assert abs(traj[n].mean() - rho**n * x_init) < 5 * math.sqrt(var / N)
-        assert abs(traj[n].var() - var) < 5 * var * math.sqrt(2 / (N - 1))
+        mean = traj[n].mean()
+        assert abs(mean - rho**n * x_init) < 5 * math.sqrt(var / N), (
+            f"step {n}: chain mean {mean:.4f}, expected rho^n x_0 = {rho**n * x_init:.4f}")
+        assert abs(traj[n].var() - var) < 5 * var * math.sqrt(2 / (N - 1)), (
+            f"step {n}: chain variance {traj[n].var():.4f}, expected delta (1 - rho^2n) / (1 - rho^2) = {var:.4f}")
     stationary = s2 / (1 - delta / (4 * s2))
     assert stationary == pytest.approx(delta / (1 - rho**2), rel=1e-12)
     se = stationary * math.sqrt(2 / (N - 1))
     if delta <= 0.01:  # the bias s^2 delta / (4 s^2 - delta) ~ 0.0025 is below the resolution: s^2 itself fits
-        assert abs(traj[-1].var() - s2) < 5 * se
+        assert abs(traj[-1].var() - s2) < 5 * se, f"final variance {traj[-1].var():.4f}, expected ~ {s2}"
     else:  # the bias is resolved: the chain's variance is not s^2
-        assert abs(traj[-1].var() - s2) > 5 * se
+        assert abs(traj[-1].var() - s2) > 5 * se, f"final variance {traj[-1].var():.4f}: no O(delta) bias seen"
 
 
 def test_e25_langevin_with_the_exact_score_reaches_the_mixture():
@@ -182,6 +231,10 @@ def test_bad_arguments_name_themselves():
         LangevinSampler(0.0, 10)
     with pytest.raises(ValueError, match="step_size"):
         langevin_dynamics(OVERLAPPING.score, x, -0.1, 3, rng)
+    with pytest.raises(ValueError, match="step_size"):
+        langevin_step(x, x, np.ones(3), x)  # one step size per example: shape (4,)
+    with pytest.raises(ValueError, match="step_size"):
+        langevin_step(x, x, np.array([0.1, 0.2, np.inf, 0.1]), x)
     with pytest.raises(ValueError, match="n_steps"):
         LangevinSampler(0.1, 0)
     with pytest.raises(TypeError, match="n_steps"):

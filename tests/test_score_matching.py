@@ -46,10 +46,11 @@ def fixed_linear_model() -> LinearScore:
     return LinearScore(np.array([[-0.7, 0.3], [0.1, -1.2]]), np.array([0.2, -0.4]))
 
 
-def assert_mean_within_5_se(terms: np.ndarray, expected: float) -> None:
+def assert_mean_within_5_se(terms: np.ndarray, expected: float, what: str = "mean") -> None:
     """The sample mean of i.i.d. terms is within 5 standard errors (std / sqrt(N)) of `expected`."""
     se = terms.std() / math.sqrt(len(terms))
-    assert abs(terms.mean() - expected) < 5 * se, (terms.mean(), expected, se)
+    assert abs(terms.mean() - expected) < 5 * se, (
+        f"{what}: Monte Carlo {terms.mean():.6g}, expected {expected:.6g} (5 s.e. = {5 * se:.2g})")
 
 
 def fit(loss_fn, model: LinearScore, steps: int = 400, lr: float = 0.05) -> None:
@@ -188,6 +189,7 @@ def test_e26_implicit_loss_without_trace_fn_has_no_gradient():
 # --- E27: denoising score matching ----------------------------------------------------------------------------
 
 
+@pytest.mark.exercise("ex05.2")
 def test_e27_dsm_fit_recovers_the_noised_gaussian_score():
     """[E27] For x0 ~ N(mu, Sigma) and x_t = x0 + sigma eps, the minimizer of DSM is the score of N(mu, Sigma +
     sigma^2 I): A = -(Sigma + sigma^2 I)^{-1}, b = -A mu. DSM with a linear model is least squares of -eps / sigma
@@ -210,6 +212,7 @@ def test_e27_dsm_fit_recovers_the_noised_gaussian_score():
         assert np.all(np.abs(coef[j] - np.append(A[j], -A[j] @ MU)) < 5 * se), (coef[j], A[j], se)
 
 
+@pytest.mark.exercise("ex05.2")
 @pytest.mark.parametrize("t", [5, 30])
 def test_e27_dsm_is_explicit_sm_on_the_noised_density_plus_a_constant(t):
     """[E27] Vincent's identity, VP path: J_DSM(theta) - J_ESM_q(theta) = C = D / (2 n^2) - 1/2 E|grad log q(x_t)|^2,
@@ -230,6 +233,7 @@ def test_e27_dsm_is_explicit_sm_on_the_noised_density_plus_a_constant(t):
         assert_mean_within_5_se(dsm - esm, constant)
 
 
+@pytest.mark.exercise("ex05.2")
 def test_e27_dsm_differences_of_models_agree_with_explicit_sm_on_the_mixture():
     """[E27] VE path on the mixture: J_DSM(theta_1) - J_DSM(theta_2) = J_ESM_q(theta_1) - J_ESM_q(theta_2) with the
     oracle's noised score (the constant cancels): paired per-sample differences within 5 standard errors of 0."""
@@ -246,6 +250,7 @@ def test_e27_dsm_differences_of_models_agree_with_explicit_sm_on_the_mixture():
     assert_mean_within_5_se(per_model[0] - per_model[1], 0.0)
 
 
+@pytest.mark.exercise("ex05.2")
 def test_e27_weighted_dsm_is_the_eps_loss_of_e15():
     """[E27] With lambda = n^2 and s_theta = -eps_theta / n (score_from_eps), 1/2 || n s_theta + eps ||^2 =
     1/2 || eps - eps_theta ||^2: the batch mean is D / 2 times L_simple (E15, a mean over dimensions), for the
@@ -280,10 +285,84 @@ def test_e27_dsm_draws_t_then_noise_from_rng():
     assert_close(got.data, denoising_score_matching_loss(model, x0, noise, schedule=schedule, t=t).data)
 
 
+def linear_dsm_expectation(A: np.ndarray, b: np.ndarray, s: np.ndarray, n: np.ndarray, weighted: bool) -> np.ndarray:
+    """E[1/2 |lambda^(1/2) (A x_t + b + eps / n)|^2] for x0 ~ N(MU, COV), x_t = s x0 + n eps, per example (s, n of
+    shape (N,)). The residual A s x0 + b + (n A + I / n) eps has mean A s MU + b and independent parts, so the
+    expectation is 1/2 [|s A MU + b|^2 + s^2 tr(A COV A^T) + |n A + I / n|_F^2], times lambda = n^2 if weighted."""
+    eye = np.eye(len(b))
+    mean_part = ((s[:, None] * (A @ MU) + b) ** 2).sum(axis=1)  # (N,)
+    data_part = s**2 * np.trace(A @ COV @ A.T)
+    noise_part = np.array([np.sum((ni * A + eye / ni) ** 2) for ni in n])
+    value = 0.5 * (mean_part + data_part + noise_part)
+    return value * n**2 if weighted else value
+
+
+@pytest.mark.exercise("ex05.2")
+@pytest.mark.parametrize("path", ["ve", "vp"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weighted"])
+def test_e27_dsm_of_a_linear_model_is_its_closed_form_expectation(path, weighted):
+    """[E27] For s_theta(x) = A x + b on x0 ~ N(MU, COV) the per-example DSM terms have the closed-form expectation
+    of `linear_dsm_expectation`, for a noise level per example (VE sigma in [0.1, 2], or VP t in 1..30), with and
+    without the weight lambda = n^2. Their differences from it average to 0 within 5 standard errors
+    (40 000 samples); a target of -eps instead of -eps / n, or a missing weight, is off by many."""
+    N = 40_000
+    rng = np.random.default_rng(21)
+    x0 = gaussian_data(N, 22)
+    noise = rng.standard_normal(x0.shape)
+    model = fixed_linear_model()
+    A, b = model.weight.data, model.bias.data
+    if path == "ve":
+        sigma = rng.uniform(0.1, 2.0, N)
+        terms = denoising_score_matching_loss(model, x0, noise, sigma=sigma, weighted=weighted, reduction="none")
+        s, n = np.ones(N), sigma
+    else:
+        schedule = noise_schedule("linear", 30)
+        t = rng.integers(1, 31, N)
+        terms = denoising_score_matching_loss(model, x0, noise, schedule=schedule, t=t, weighted=weighted,
+                                              reduction="none")
+        s, n = schedule.sqrt_alpha_bars[t], schedule.sqrt_one_minus_alpha_bars[t]
+    assert terms.shape == (N,), f"reduction='none' gave shape {terms.shape}, expected one term per example ({N},)"
+    expected = linear_dsm_expectation(A, b, s, n, weighted)
+    assert_mean_within_5_se(terms.data - expected, 0.0, what="DSM term minus its closed-form expectation")
+    mean = denoising_score_matching_loss(model, x0, noise, weighted=weighted,
+                                         **({"sigma": sigma} if path == "ve" else {"schedule": schedule, "t": t}))
+    assert_close(mean.data, np.asarray(terms.data.mean()), what="reduction='mean' vs the mean of the terms:")
+
+
+@pytest.mark.exercise("ex05.2")
+def test_e27_dsm_minimizer_over_linear_models_is_the_noised_score():
+    """[E27] For a linear model DSM is least squares of the target -eps / sigma on (x_t, 1). Fitted here by
+    np.linalg.lstsq, independently of the loss: the loss's gradient in (A, b) must vanish there (its minimizer,
+    a convex quadratic), and the fit must be the score of the noised data N(MU, COV + sigma^2 I),
+    A = -(COV + sigma^2 I)^{-1}, b = -A MU, within 5 regression standard errors (sigma_res^2 (X^T X)^{-1})."""
+    sigma, N = 0.6, 20_000
+    x0 = gaussian_data(N, 23)
+    noise = np.random.default_rng(24).standard_normal(x0.shape)
+    X = np.column_stack([x0 + sigma * noise, np.ones(N)])  # (N, 3)
+    Y = -noise / sigma  # (N, 2), the target grad log q(x_t | x0)
+    coef = np.linalg.lstsq(X, Y, rcond=None)[0].T  # (2, 3): row j predicts score_j
+    model = LinearScore(coef[:, :2], coef[:, 2])
+    denoising_score_matching_loss(model, x0, noise, sigma=sigma).backward()
+    for param, name in ((model.weight, "A"), (model.bias, "b")):
+        assert param.grad is not None, f"the loss has no gradient in {name} (was it built from Tensor operations?)"
+        assert np.abs(param.grad).max() < 1e-9, (
+            f"gradient in {name} at the least-squares fit is {param.grad.ravel()}, not 0: the loss is not the "
+            f"squared error of the target -eps / sigma")
+    A = -np.linalg.inv(COV + sigma**2 * np.eye(2))
+    exact = np.column_stack([A, -A @ MU])  # (2, 3)
+    residual = Y - X @ coef.T
+    xtx_inv = np.linalg.inv(X.T @ X)
+    for j in range(2):
+        se = np.sqrt(residual[:, j].var() * np.diag(xtx_inv))  # (3,)
+        assert np.all(np.abs(coef[j] - exact[j]) < 5 * se), (coef[j], exact[j], se)
+
+
 # --- gradients ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("which", ["explicit", "implicit", "dsm_ve", "dsm_vp_weighted"])
+@pytest.mark.parametrize("which", ["explicit", "implicit",
+                                   pytest.param("dsm_ve", marks=pytest.mark.exercise("ex05.2")),
+                                   pytest.param("dsm_vp_weighted", marks=pytest.mark.exercise("ex05.2"))])
 def test_loss_gradients_pass_gradcheck(which):
     """The gradients of each loss in the model's parameters (LinearScore and an MLP) match float64 central
     differences (minidiff.autodiff.gradcheck)."""

@@ -38,10 +38,9 @@ import numpy as np
 
 from minidiff.autodiff.tensor import Tensor, enable_grad, no_grad
 from minidiff.diffusion import _validate as _v
-from minidiff.diffusion.forward import q_sample
 from minidiff.diffusion.gmm import values_per_example
-from minidiff.diffusion.parameterization import score_from_eps
 from minidiff.diffusion.schedules import NoiseSchedule
+from minidiff.exercise_tools import exercise
 
 ScoreModel = Callable[..., Any]
 REDUCTIONS = ("mean", "none")
@@ -235,9 +234,11 @@ def implicit_score_matching_loss(score_model: ScoreModel, x: Any, trace_fn: Call
 # [E27] denoising score matching
 
 
-def _noised_batch(x0: np.ndarray, eps: np.ndarray, sigma: Any, schedule: NoiseSchedule | None,
-                  t: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x_t, the model's conditioning (n,), the target grad log q(x_t | x0), the noise std n (n, 1, ...))."""
+def _noise_levels(x0: np.ndarray, sigma: Any, schedule: NoiseSchedule | None,
+                  t: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(s, n, conditioning) of x_t = s x0 + n eps: s and n of shape (batch, 1, ...) in x0's dtype, and what the
+    model receives besides x_t, shape (batch,): sigma (VE: s = 1, n = sigma) or t (VP, E3: s = sqrt(alpha_bar_t),
+    n = sqrt(1 - alpha_bar_t))."""
     batch, trailing = x0.shape[0], (1,) * (x0.ndim - 1)
     if sigma is not None:  # VE: x_t = x0 + sigma eps
         if schedule is not None or t is not None:
@@ -246,13 +247,15 @@ def _noised_batch(x0: np.ndarray, eps: np.ndarray, sigma: Any, schedule: NoiseSc
         if np.any(sigma == 0.0):
             raise ValueError("sigma: expected positive noise levels (the score of q(x_t | x0) needs sigma > 0)")
         std = sigma.astype(x0.dtype).reshape((batch,) + trailing)  # (n, 1, ...)
-        return x0 + std * eps, sigma, -eps / std, std
+        return np.ones_like(std), std, sigma
     t = schedule.check_t(t, x0)
     t = np.full(batch, t) if t.ndim == 0 else t  # (n,)
+    scale = schedule.at(schedule.sqrt_alpha_bars, t, x0)  # (n, 1, ...)
     std = schedule.at(schedule.sqrt_one_minus_alpha_bars, t, x0)  # (n, 1, ...)
-    return q_sample(schedule, x0, t, noise=eps), t, score_from_eps(schedule, eps, t), std
+    return scale, std, t
 
 
+@exercise("ex05.2")
 def denoising_score_matching_loss(score_model: ScoreModel, x0: Any, noise: Any = None, *, sigma: Any = None,
                                   schedule: NoiseSchedule | None = None, t: Any = None,
                                   rng: np.random.Generator | None = None, weighted: bool = False,
@@ -283,9 +286,16 @@ def denoising_score_matching_loss(score_model: ScoreModel, x0: Any, noise: Any =
             if not isinstance(rng, np.random.Generator):
                 raise ValueError("rng: pass a numpy.random.Generator to draw t (or pass t)")
             t = schedule.sample_timesteps(rng, x0.shape[0])  # t first, then eps (as l_simple draws them)
-    eps = _v.noise_for(x0, "x0", noise, rng if noise is None else None)
-    xt, conditioning, target, std = _noised_batch(x0, eps, sigma, schedule, t)
-    residual = _model_output(score_model(Tensor(xt), conditioning), xt) - target
+    eps = _v.noise_for(x0, "x0", noise, rng if noise is None else None)  # (n, ...)
+    scale, std, conditioning = _noise_levels(x0, sigma, schedule, t)  # (n, 1, ...), (n, 1, ...), (n,)
+    # The model is called as score_model(Tensor(x_t), conditioning); _model_output(out, x_t) checks its output
+    # and makes it a Tensor (a model may return a numpy array).
+    # BEGIN SOLUTION ex05.2: x_t, the target grad log q(x_t | x0), the residual (times n if weighted), 1/2 |.|^2 per row
+    xt = scale * x0 + std * eps  # (n, ...)
+    target = -eps / std  # grad log q(x_t | x0) = -(x_t - s x0) / n^2, (n, ...)
+    residual = _model_output(score_model(Tensor(xt), conditioning), xt) - target  # Tensor (n, ...)
     if weighted:
-        residual = residual * std
-    return _reduce(_half_squared_norm(residual), reduction)
+        residual = residual * std  # lambda = n^2 on the squared error
+    terms = (residual * residual).reshape(x0.shape[0], -1).sum(axis=1) * 0.5  # (n,)
+    # END SOLUTION
+    return _reduce(terms, reduction)

@@ -13,8 +13,9 @@ modes merge and the chains spread over them in proportion to their weights.
 These samplers have no noise schedule and no x_t model, so they do not follow the diffusers-style
 `Sampler` base; their API is in the same spirit: `sample(score_fn, shape or x_init, rng, progress=True,
 return_trajectory=False)`, every random draw from an explicit Generator (or explicit noise arrays for
-`langevin_dynamics`), arguments checked. Each update is the fused sampler kernel
-x' = c_x x + c_eps s + c_z z with c_x = 1, c_eps = delta / 2, c_z = sqrt(delta).
+`langevin_dynamics`), arguments checked. An update with one step size for the batch is the fused sampler
+kernel x' = c_x x + c_eps s + c_z z with c_x = 1, c_eps = delta / 2, c_z = sqrt(delta); `langevin_step` also
+takes one step size per example (as diffusers' Langevin corrector computes it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from minidiff.diffusion import _validate as _v
+from minidiff.exercise_tools import exercise
 from minidiff.kernels.sampler_step import StepCoefs, sampler_step
 from minidiff.progress import progress as progress_bar
 
@@ -85,11 +87,44 @@ def _start(shape_or_x: Any, rng: np.random.Generator, init_std: float, dtype: An
 # [E25] Langevin dynamics
 
 
-def langevin_step(x: np.ndarray, score: np.ndarray, step_size: float, z: np.ndarray) -> np.ndarray:
+def _step_sizes(step_size: Any, batch: int) -> np.ndarray:
+    """delta as float64: 0-d (one positive number for the batch) or (batch,) (one positive number per example)."""
+    if isinstance(step_size, np.ndarray) and step_size.ndim > 0:
+        if step_size.shape != (batch,):
+            raise ValueError(f"step_size: expected a number or one step size per example, shape ({batch},), "
+                             f"got {step_size.shape}")
+        if step_size.dtype.kind not in "fiu":
+            raise TypeError(f"step_size: expected real numbers, got dtype {step_size.dtype}")
+        delta = step_size.astype(np.float64)
+        bad = ~(np.isfinite(delta) & (delta > 0.0))  # (batch,)
+        if bad.any():
+            raise ValueError(f"step_size: expected finite positive step sizes, got {delta[bad][0]}")
+        return delta
+    return np.asarray(_positive(step_size, "step_size"))
+
+
+@exercise("ex05.1")
+def langevin_step(x: np.ndarray, score: np.ndarray, step_size: Any, z: np.ndarray) -> np.ndarray:
     """[E25] x_{i+1} = x_i + (delta / 2) grad_x log p(x_i) + sqrt(delta) z_i, z_i ~ N(0, I)
-    (Roberts & Tweedie 1996; Welling & Teh 2011), by the fused sampler kernel. score = grad log p(x_i)."""
-    delta = _positive(step_size, "step_size")
-    return sampler_step(x, score, z, StepCoefs(c_x=1.0, c_eps=0.5 * delta, c_z=math.sqrt(delta)))
+    (Roberts & Tweedie 1996; Welling & Teh 2011).
+
+    x, score = grad log p(x_i) and z: arrays of one shape (B, ...) and dtype. step_size: delta, one positive
+    number for the batch, or one per example (shape (B,)). Returns x_{i+1}, x's shape and dtype. With one
+    number the update is the fused sampler kernel x' = c_x x + c_eps s + c_z z (c_x = 1, c_eps = delta / 2,
+    c_z = sqrt(delta)).
+    """
+    x = _v.float_array(x, "x")
+    _v.like(score, "score", x, "x")
+    _v.like(z, "z", x, "x")
+    delta = _step_sizes(step_size, x.shape[0])  # () or (B,), float64
+    # BEGIN SOLUTION ex05.1: E25 with delta / 2 and sqrt(delta), broadcast over each example's axes, in x's dtype
+    if delta.ndim == 0:  # one step for the whole batch: the fused kernel of chapter 00
+        d = float(delta)
+        return sampler_step(x, score, z, StepCoefs(c_x=1.0, c_eps=0.5 * d, c_z=math.sqrt(d)))
+    delta = delta.reshape((-1,) + (1,) * (x.ndim - 1))  # (B, 1, ..., 1): one step size per example
+    x_next = x + (0.5 * delta).astype(x.dtype) * score + np.sqrt(delta).astype(x.dtype) * z  # (B, ...)
+    # END SOLUTION
+    return x_next
 
 
 def langevin_dynamics(score_fn: ScoreFn, x: np.ndarray, step_size: float, n_steps: int,
