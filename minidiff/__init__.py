@@ -3,7 +3,7 @@
 Start with the chapter notebooks (notebooks/00_quickstart.py) and `python -m minidiff info`.
 """
 
-from minidiff import autodiff, checkpoint, diffusion, functional, kernels, nn, optim, samplers
+from minidiff import autodiff, checkpoint, diffusion, functional, kernels, nn, optim, samplers, sde
 from minidiff.autodiff import Tensor, enable_grad, no_grad, tensor
 from minidiff.backend import (
     available_backends,
@@ -34,6 +34,7 @@ __all__ = [
     "no_grad",
     "optim",
     "samplers",
+    "sde",
     "set_backend",
     "set_num_threads",
     "tensor",

@@ -34,6 +34,7 @@ from minidiff.diffusion.flow import (
 )
 from minidiff.diffusion.forward import q_mean_variance, q_sample, q_sample_trajectory, q_step, q_step_mean_variance
 from minidiff.diffusion.gmm import GaussianMixture
+from minidiff.diffusion.likelihood import likelihood_bits_per_dim, ode_log_likelihood
 from minidiff.diffusion.losses import (
     bits_per_dim,
     discretized_gaussian_log_likelihood,
@@ -45,6 +46,7 @@ from minidiff.diffusion.losses import (
     simple_loss,
     training_target,
 )
+from minidiff.diffusion.ode import solve_ivp_rk45
 from minidiff.diffusion.parameterization import (
     PREDICTION_TYPES,
     eps_from_score,
@@ -91,16 +93,21 @@ from minidiff.diffusion.score import (
     score_from_log_prob,
     score_jacobian_trace,
 )
+from minidiff.diffusion.sde import SDE, VESDE, VPSDE, SubVPSDE
 
 __all__ = [
     "PREDICTION_TYPES",
     "SCHEDULE_NAMES",
+    "SDE",
     "VARIANCE_TYPES",
+    "VESDE",
+    "VPSDE",
     "ELBOEstimate",
     "GaussianMixture",
     "LinearScore",
     "NoiseSchedule",
     "ReverseStep",
+    "SubVPSDE",
     "VLBTerms",
     "alpha_bars_from_betas",
     "ancestral_step_coefs",
@@ -123,6 +130,7 @@ __all__ = [
     "flow_x0_from_velocity",
     "implicit_score_matching_loss",
     "l_simple",
+    "likelihood_bits_per_dim",
     "linear_betas",
     "log_normal_cdf",
     "loss_weights",
@@ -130,6 +138,7 @@ __all__ = [
     "neg_elbo_bits_per_dim",
     "normal_kl",
     "normal_log_prob",
+    "ode_log_likelihood",
     "p_decoder_log_prob",
     "p_log_joint",
     "p_mean_from_eps",
@@ -161,6 +170,7 @@ __all__ = [
     "sigmoid_betas",
     "simple_loss",
     "snr_from_log_alpha_bars",
+    "solve_ivp_rk45",
     "to_eps_x0",
     "training_target",
     "v_from_eps_x0",

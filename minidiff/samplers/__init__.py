@@ -23,6 +23,12 @@ from minidiff.samplers.edm import EDMHeunSampler, EulerAncestralSampler, EulerSa
 from minidiff.samplers.flow import FlowMatchEulerSampler, FlowMatchHeunSampler
 from minidiff.samplers.langevin import AnnealedLangevinSampler, LangevinSampler, geometric_sigmas, langevin_dynamics
 from minidiff.samplers.registry import from_config
+from minidiff.samplers.sde import (
+    EulerMaruyamaSampler,
+    PredictorCorrectorSampler,
+    ProbabilityFlowODE,
+    simulate_forward_sde,
+)
 from minidiff.samplers.sigmas import edm_denoiser, edm_preconditioning, edm_sigmas, karras_sigmas
 
 __all__ = [
@@ -32,11 +38,14 @@ __all__ = [
     "DPMSolverMultistepSampler",
     "EDMHeunSampler",
     "EulerAncestralSampler",
+    "EulerMaruyamaSampler",
     "EulerSampler",
     "FlowMatchEulerSampler",
     "FlowMatchHeunSampler",
     "HeunSampler",
     "LangevinSampler",
+    "PredictorCorrectorSampler",
+    "ProbabilityFlowODE",
     "Sampler",
     "SamplerOutput",
     "edm_denoiser",
@@ -46,6 +55,7 @@ __all__ = [
     "geometric_sigmas",
     "karras_sigmas",
     "langevin_dynamics",
+    "simulate_forward_sde",
     "slerp",
     "spaced_timesteps",
 ]
