@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minidiff.samplers import base, from_config
+from minidiff.samplers import base, from_config, registry
 from minidiff.samplers.base import dynamic_threshold, spaced_timesteps
 
 
@@ -60,3 +60,51 @@ def test_from_config_needs_a_known_class_name():
         from_config({"_class_name": "LCMScheduler"})
     with pytest.raises(TypeError, match="config"):
         from_config([("_class_name", "DDIMScheduler")])
+
+
+SAVED_CONFIGS = {
+    "DDPMScheduler": {"variance_type": "fixed_large", "clip_sample": False, "timestep_spacing": "trailing"},
+    "DDIMScheduler": {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "steps_offset": 1,
+                      "set_alpha_to_one": False, "prediction_type": "v_prediction"},
+    "DPMSolverMultistepScheduler": {"solver_order": 3, "use_karras_sigmas": True, "final_sigmas_type": "sigma_min"},
+    "EulerDiscreteScheduler": {"timestep_spacing": "leading", "steps_offset": 1, "rescale_betas_zero_snr": True,
+                               "prediction_type": "v_prediction"},
+    "HeunDiscreteScheduler": {"beta_schedule": "squaredcos_cap_v2", "clip_sample": True},
+    "EulerAncestralDiscreteScheduler": {"timestep_spacing": "trailing", "beta_schedule": "scaled_linear"},
+    "FlowMatchEulerDiscreteScheduler": {"shift": 3.0},
+}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("class_name", list(SAVED_CONFIGS))
+def test_scheduler_config_json_as_save_pretrained_writes_it(class_name, tmp_path):
+    """A diffusers scheduler saved with save_pretrained (every key, _class_name and _diffusers_version
+    included) is read by `minidiff.samplers.from_config` into the matching sampler, whose run has the
+    scheduler's timesteps (minidiff's t = diffusers' k + 1; flow times are diffusers' timesteps / 1000)."""
+    import json
+
+    import diffusers
+
+    scheduler = getattr(diffusers, class_name)(**SAVED_CONFIGS[class_name])
+    scheduler.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "scheduler_config.json").read_text())
+    assert config["_class_name"] == class_name and "_diffusers_version" in config
+    sampler = from_config(config)
+    assert type(sampler).__name__ == registry.DIFFUSERS_CLASSES[class_name][1]
+    scheduler.set_timesteps(12)
+    sampler.set_timesteps(12)
+    expected = scheduler.timesteps.numpy().astype(np.float64)
+    expected = expected / 1000.0 if class_name.startswith("FlowMatch") else expected + 1.0
+    np.testing.assert_allclose(sampler.timesteps, expected, rtol=3e-4)
+
+
+@pytest.mark.parametrize(("key", "value"), [("timestep_spacing", "fancy"), ("beta_schedule", "exp"),
+                                            ("prediction_type", "flow"), ("trained_betas", "0.1")])
+def test_config_values_minidiff_does_not_implement_are_refused_by_key(key, value):
+    with pytest.raises((ValueError, TypeError), match=key):
+        from_config({"_class_name": "DDIMScheduler", key: value})
+
+
+def test_unknown_config_key_is_refused_by_name():
+    with pytest.raises(ValueError, match="guidance_rescale"):
+        from_config({"_class_name": "DDIMScheduler", "guidance_rescale": 0.7})
