@@ -18,7 +18,7 @@ from strategies import float_arrays, noise_schedule, schedule_and_t
 from tolerances import assert_close
 
 from minidiff.diffusion import NoiseSchedule, p_sample_loop
-from minidiff.samplers.ddim import DDIMSampler, slerp
+from minidiff.samplers.ddim import DDIMSampler, ddim_step_coefficients, slerp
 from minidiff.samplers.ddpm import DDPMSampler, read_model_output, strided_posterior
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
@@ -95,6 +95,37 @@ def test_e13_e14_a_model_output_is_read_back_as_the_x0_and_eps_it_came_from(sche
 # --- E32: DDIM -------------------------------------------------------------------------------------
 
 
+@pytest.mark.exercise("ex06.1")
+@given(schedule_and_t(min_t=2), st.floats(0.0, 1.0), st.data())
+def test_e32_ddim_weights_keep_the_marginal_and_are_bayes_rule_at_eta_1(schedule_t, eta, data):
+    """[E32] x_{t'} = c_x0 x0 + c_eps eps_t + sigma z with x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps_t
+    (the non-Markovian forward process of Song, Meng & Ermon 2021): q(x_{t'} | x0) must be E3's
+    N(sqrt(alpha_bar_{t'}) x0, 1 - alpha_bar_{t'}), so c_x0^2 = alpha_bar_{t'} and c_eps^2 + sigma^2 =
+    1 - alpha_bar_{t'}, for every eta. sigma grows linearly in eta from 0. At eta = 1 the step is the Bayes
+    posterior q(x_{t'} | x_t, x0) (precision P = 1 / (1 - alpha_bar_{t'}) + r / beta_{t|t'}, r = alpha_bar_t /
+    alpha_bar_{t'}): variance 1 / P, weight of x_t sqrt(r) / (beta_{t|t'} P). A step to t' = 0 lands on x0."""
+    schedule, t = schedule_t
+    t_prev = data.draw(st.integers(1, t - 1))
+    ab, ab_prev = float(schedule.alpha_bars[t]), float(schedule.alpha_bars[t_prev])
+    c_x0, c_eps, sigma = ddim_step_coefficients(schedule, t, t_prev, eta)
+    assert_close(c_x0**2, ab_prev, what="c_x0^2 (the mean of q(x_t' | x0) is sqrt(alpha_bar_t') x0)")
+    assert_close(c_eps**2 + sigma**2, 1.0 - ab_prev, scale=1.0,
+                 what="c_eps^2 + sigma^2 (the variance of q(x_t' | x0) is 1 - alpha_bar_t')")
+    _, c_eps_1, sigma_1 = ddim_step_coefficients(schedule, t, t_prev, 1.0)
+    assert_close(sigma, eta * sigma_1, what="sigma(eta) (should be eta sigma(1))")
+    assert ddim_step_coefficients(schedule, t, t_prev, 0.0)[2] == 0.0, "sigma at eta = 0 (should be 0: deterministic)"
+    beta = 1.0 - ab / ab_prev
+    precision = 1.0 / (1.0 - ab_prev) + (ab / ab_prev) / beta
+    assert_close(sigma_1**2, 1.0 / precision, what="sigma(1)^2 (should be the posterior variance beta_tilde)")
+    # compared squared: c_eps^2 = (1 - alpha_bar_t') - sigma^2 cancels when alpha_bar_t is near 0, to a few ulp of
+    # 1 - alpha_bar_t'
+    assert_close(c_eps_1**2 / (1.0 - ab), (ab / ab_prev) / (beta * precision) ** 2, scale=(1.0 - ab_prev) / (1.0 - ab),
+                 what="squared weight of x_t at eta = 1 (should be the posterior mean's)")
+    assert_close(np.array(ddim_step_coefficients(schedule, t, 0, eta)), np.array([1.0, 0.0, 0.0]), scale=1.0,
+                 what="(c_x0, c_eps, sigma) of a step to t' = 0 (should land on x0_hat)")
+
+
+@pytest.mark.exercise("ex06.1")
 @pytest.mark.parametrize(("spacing", "custom"), [("leading", False), ("linspace", False), ("trailing", False),
                                                  ("leading", True)])
 @pytest.mark.parametrize("set_alpha_to_one", [True, False])
@@ -128,6 +159,7 @@ def test_e32_one_step_is_the_ddim_formula_with_diffusers_previous_timestep(spaci
         assert list(timesteps[:2]) == [1000, 889]  # and the step from 1000 lands on 900 (checked above)
 
 
+@pytest.mark.exercise("ex06.1")
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 @pytest.mark.parametrize(("timesteps", "clip"), [(None, False), ("strided", False), ("strided", True)])
 def test_e32_ddim_with_eta_1_is_ddpm_with_the_posterior_variance(prediction_type, timesteps, clip):
@@ -154,6 +186,7 @@ def test_e32_ddim_with_eta_1_is_ddpm_with_the_posterior_variance(prediction_type
     assert_close(run_steps(ddim, model, x_T, noises), expected, scale=1.0 + np.abs(expected))
 
 
+@pytest.mark.exercise("ex06.1")
 def test_e32_eta_0_is_deterministic():
     """[E32] eta = 0 draws nothing: two generators give the same samples, and a step needs no noise."""
     sampler = DDIMSampler(num_train_timesteps=100, beta_end=0.2, clip_sample=False)
@@ -167,6 +200,7 @@ def test_e32_eta_0_is_deterministic():
     sampler.step(data.eps_model(x_T, np.full(5, t)), t, x_T)  # neither noise nor rng
 
 
+@pytest.mark.exercise("ex06.1")
 @pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
 def test_e32_eta_0_converges_to_the_probability_flow_map_of_gaussian_data(prediction_type):
     """[E32][E31] With the exact model of Gaussian data, DDIM at eta = 0 from x_T must approach the closed-form

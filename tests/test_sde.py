@@ -208,6 +208,7 @@ def test_e29_mixture_marginals_solve_the_fokker_planck_equation(name, t):
     assert_close(dlogp, sum(terms), scale=sum(np.abs(term) for term in terms), tol=FINITE_DIFFERENCES)
 
 
+@pytest.mark.exercise("ex06.2")
 @pytest.mark.parametrize("name", SDES)
 @pytest.mark.parametrize("t", [0.05, 0.3, 0.7, 0.95])
 def test_e30_reverse_drift_runs_the_fokker_planck_equation_backwards(name, t):
@@ -241,6 +242,7 @@ def test_e31_probability_flow_velocity_solves_the_continuity_equation(name, t):
     assert_close(dlogp, sum(terms), scale=sum(np.abs(term) for term in terms), tol=FINITE_DIFFERENCES)
 
 
+@pytest.mark.exercise("ex06.2")
 @pytest.mark.parametrize("name", SDES)
 def test_e30_e31_reverse_and_probability_flow_drifts_differ_by_half_the_score_term(name):
     """[E30, E31] f_rev = f - g^2 score and f_pf = f - g^2 score / 2, so f_rev - f = 2 (f_pf - f) = -g^2 score,
@@ -252,6 +254,35 @@ def test_e30_e31_reverse_and_probability_flow_drifts_differ_by_half_the_score_te
     rev, pf = sde.reverse_drift(x, t, score), sde.probability_flow_drift(x, t, score)
     assert_close(rev - f, -g2 * score, scale=np.abs(rev) + np.abs(f))
     assert_close(pf - f, -0.5 * g2 * score, scale=np.abs(pf) + np.abs(f))
+
+
+@pytest.mark.exercise("ex06.2")
+def test_e30_reverse_drift_at_points_by_hand():
+    """[E30] f - g^2 score written out for each SDE, on x of shape (B, 2, 3), with one time per example (shape
+    (B,)) and with one time for the whole batch: VP f = -beta x / 2, g^2 = beta = 0.1 + 19.9 t; sub-VP the same f
+    and g^2 = beta (1 - exp(-2 (0.1 t + 19.9 t^2 / 2))); VE f = 0, g^2 = d sigma^2 / dt = 2 log(50 / 0.01) sigma^2
+    with sigma = 0.01 (50 / 0.01)^t. The result keeps x's dtype (float32 in, float32 out)."""
+    rng = np.random.default_rng(11)
+    x, score = rng.standard_normal((2, 4, 2, 3))  # (B, 2, 3) each
+    t = np.array([0.0, 0.25, 0.6, 1.0])
+    beta, sigma = 0.1 + 19.9 * t, 0.01 * (50 / 0.01) ** t
+    by_hand = {  # (a(t), g(t)^2), shape (B,) each
+        "vp": (-0.5 * beta, beta),
+        "subvp": (-0.5 * beta, beta * (1 - np.exp(-2 * (0.1 * t + 0.5 * 19.9 * t**2)))),
+        "ve": (np.zeros(4), 2 * math.log(50 / 0.01) * sigma**2),
+    }
+    for name, (a, g2) in by_hand.items():
+        sde = SDES[name]
+        drift, pull = a[:, None, None] * x, g2[:, None, None] * score  # f and g^2 score, (B, 2, 3)
+        scale = np.abs(drift) + np.abs(pull)
+        assert_close(sde.reverse_drift(x, t, score), drift - pull, scale=scale,
+                     what=f"{name} reverse drift f - g^2 score with one time per example:")
+        for i in range(len(t)):  # the whole batch at the time t[i]
+            assert_close(sde.reverse_drift(x, float(t[i]), score), a[i] * x - g2[i] * score,
+                         scale=np.abs(a[i] * x) + np.abs(g2[i] * score),
+                         what=f"{name} reverse drift f - g^2 score at t = {t[i]} for the batch:")
+        out = sde.reverse_drift(x.astype(np.float32), t, score.astype(np.float32))
+        assert out.dtype == np.float32, f"{name}: float32 x and score gave a {out.dtype} drift (keep x's dtype)"
 
 
 # --- one step against diffusers' score-SDE schedulers -------------------------------------------------------
@@ -336,6 +367,7 @@ def target(sde, eps: float, n: int) -> np.ndarray:
 SAMPLE_SIZE, STEPS = 3000, 400
 
 
+@pytest.mark.exercise("ex06.2")
 @pytest.mark.parametrize("name", ["vp", "ve"])
 def test_e30_euler_maruyama_with_the_exact_score_samples_the_mixture(name):
     """[E30] The reverse SDE by Euler-Maruyama from the prior, driven by the exact score of p_t, ends at the
@@ -427,6 +459,40 @@ def test_e31_probability_flow_of_gaussian_data_is_the_affine_map(name):
     assert ts[0] == 1.0 and ts[-1] == ode.eps and path.shape == (len(ts), 5, 3)
     m_t, v_t = (np.stack(a) for a in zip(*(gaussian_moments(sde, float(t)) for t in ts), strict=True))
     assert_close(path, m_t[:, None] + np.sqrt(v_t / v1)[:, None] * (latent - m1), tol=ODE_SOLVE)
+
+
+@pytest.mark.exercise("ex06.2")
+@pytest.mark.parametrize("name", SDES)
+def test_e30_reverse_sde_with_the_exact_gaussian_score_passes_through_every_marginal(name):
+    """[E30] Data N(MU, S^2) per dimension has p_t = N(m_t, V_t) in closed form and the score -(x - m_t) / V_t.
+    The reverse SDE started from p_1 and driven by that score must pass through p_t at every t (Anderson 1982).
+    Its Euler-Maruyama step x - [a x + g^2 (x - m_t) / V_t] dt + g sqrt(dt) z is linear, so the iterates stay
+    Gaussian with moments mu <- c mu + g^2 dt m_t / V_t, v <- c^2 v + g^2 dt, c = 1 - a dt - g^2 dt / V_t (from
+    a(t), g(t) and the data alone). With 1000 steps that recursion stays within one standard error of the closed
+    form (the scheme's bias is small), and the sample mean and variance of 20000 chains at five times along the
+    run are within 5 standard errors of the closed form plus that bias."""
+    sde, N, steps = SDES[name], 20_000, 1000
+    times = EulerMaruyamaSampler(sde, steps).times  # 1 = t_0 > t_1 > ... > t_N = eps
+    m1, v1 = gaussian_moments(sde, 1.0)
+    rng = np.random.default_rng(12)
+    x = m1 + np.sqrt(v1) * rng.standard_normal((N, 3))  # (N, 3), exact draws of p_1
+    mu, v = m1.copy(), v1.copy()
+    for i in range(steps):
+        t, t_next = float(times[i]), float(times[i + 1])
+        m, V = gaussian_moments(sde, t)
+        x, _ = reverse_euler_maruyama_step(sde, x, t, t_next, -(x - m) / V, rng.standard_normal(x.shape))
+        dt, a, g2 = t - t_next, float(sde.drift_coef(t)), float(sde.diffusion(t)) ** 2
+        c = 1.0 - a * dt - g2 * dt / V
+        mu, v = c * mu + g2 * dt * m / V, c**2 * v + g2 * dt
+        if (i + 1) % (steps // 5) == 0:
+            m_t, V_t = gaussian_moments(sde, t_next)
+            se_m, se_v = np.sqrt(V_t / N), V_t * math.sqrt(2 / (N - 1))
+            assert np.all(np.abs(mu - m_t) <= se_m) and np.all(np.abs(v - V_t) <= se_v), (t_next, mu, m_t, v, V_t)
+            sample_m, sample_v = x.mean(axis=0), x.var(axis=0, ddof=1)
+            assert np.all(np.abs(sample_m - m_t) <= 5 * se_m + np.abs(mu - m_t)), \
+                f"t = {t_next:.3f}: sample mean {sample_m} vs the marginal's {m_t} (5 s.e. {5 * se_m})"
+            assert np.all(np.abs(sample_v - V_t) <= 5 * se_v + np.abs(v - V_t)), \
+                f"t = {t_next:.3f}: sample variance {sample_v} vs the marginal's {V_t} (5 s.e. {5 * se_v})"
 
 
 # --- bad input --------------------------------------------------------------------------------------------

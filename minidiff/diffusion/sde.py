@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from minidiff.diffusion import _validate as _v
+from minidiff.exercise_tools import exercise
 
 __all__ = ["SDE", "VESDE", "VPSDE", "SubVPSDE", "check_times", "per_example", "score_at"]
 
@@ -143,13 +144,19 @@ class SDE:
 
     # --- reverse time ------------------------------------------------------------------------------
 
+    @exercise("ex06.2")
     def reverse_drift(self, x: Any, t: Any, score: Any) -> Any:
         """[E30] f(x, t) - g(t)^2 score, the drift of the reverse-time SDE
         dx = [f - g^2 grad_x log p_t(x)] dt + g dw_bar (Anderson 1982; Song et al. 2021), run from t = 1 to 0.
 
-        score: grad_x log p_t at x (an exact score or a model's), shape of x."""
+        x: shape (B, ...); t: one time for the batch or one per example, shape (B,); score: grad_x log p_t at x
+        (an exact score or a model's), shape of x. The forward drift is self.drift(x, t) and g(t) is
+        self.diffusion(t), of t's shape: per_example(coef, x) shapes such a coefficient to multiply x.
+        Returns an array of x's shape and dtype."""
         _v.same_shape(score, "score", x, "x")
+        # BEGIN SOLUTION ex06.2: the forward drift at (x, t), minus g(t)^2 (shaped to multiply x) times the score
         return self.drift(x, t) - score * per_example(self.diffusion(t) ** 2, x)
+        # END SOLUTION
 
     def probability_flow_drift(self, x: Any, t: Any, score: Any) -> Any:
         """[E31] f(x, t) - g(t)^2 score / 2, the velocity of the probability flow ODE, whose solutions

@@ -25,6 +25,7 @@ import numpy as np
 
 from minidiff.diffusion import _validate as _v
 from minidiff.diffusion.schedules import NoiseSchedule
+from minidiff.exercise_tools import exercise
 from minidiff.kernels import StepCoefs, sampler_step
 from minidiff.progress import progress as progress_bar
 from minidiff.samplers.base import (
@@ -39,25 +40,54 @@ from minidiff.samplers.base import (
     a_bool,
     spaced_timesteps,
 )
-from minidiff.samplers.ddpm import StepForm, read_model_output, strided_posterior, take_step
+from minidiff.samplers.ddpm import StepForm, read_model_output, take_step
 
 LERP_THRESHOLD = 0.9995  # |cos theta| above which slerp falls back to lerp (sin theta ~ 0)
 
 
+@exercise("ex06.1")
+def ddim_step_coefficients(schedule: NoiseSchedule, t: int, t_prev: int, eta: float) -> tuple[float, float, float]:
+    """[E32] The weights (c_x0, c_eps, sigma) of the DDIM step from t to t' = t_prev < t,
+
+        x_{t'} = c_x0 x0_hat + c_eps eps_hat + sigma z,   c_x0 = sqrt(alpha_bar_{t'}),
+        c_eps = sqrt(1 - alpha_bar_{t'} - sigma_t^2),      sigma = sigma_t(eta),
+        sigma_t(eta) = eta sqrt((1 - alpha_bar_{t'}) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_{t'})
+
+    (Song, Meng & Ermon 2021, eq. 12 and 16). x0_hat and eps_hat are the model's estimates at (x_t, t): the
+    step puts x0_hat back at the noise level of t', pointing along eps_hat for the part of the variance
+    1 - alpha_bar_{t'} that is not fresh noise. eta = 0 is deterministic; eta = 1 makes sigma_t^2 the
+    posterior variance beta_tilde of the strided step (E11), DDPM's "fixed_small".
+
+    schedule: its arrays are indexed by t (alpha_bars[0] = 1: t_prev = 0 is the data); read 1 - alpha_bar from
+    schedule.one_minus_alpha_bars, which keeps its digits where alpha_bar is close to 1. t, t_prev: integers,
+    0 <= t_prev < t <= T, or t_prev = t = 1 (the last step of a run with set_alpha_to_one=False, which ends at
+    alpha_bar_1: then sigma = 0). eta: in [0, 1]. Returns three Python floats.
+    """
+    if not (0 <= t_prev < t <= schedule.T or t_prev == t == 1):
+        raise ValueError(f"t_prev, t: expected 0 <= t_prev < t <= T = {schedule.T} (or both 1), got t_prev = "
+                         f"{t_prev}, t = {t}")
+    eta = _check_eta(eta)
+    # BEGIN SOLUTION ex06.1: sigma_t(eta) from the schedule at t and t_prev, then the weights of x0_hat and eps_hat
+    one_minus, one_minus_prev = float(schedule.one_minus_alpha_bars[t]), float(schedule.one_minus_alpha_bars[t_prev])
+    beta = 1.0 - float(schedule.alpha_bars[t]) / float(schedule.alpha_bars[t_prev])  # beta_{t|t'}: the skipped steps
+    sigma = eta * math.sqrt(one_minus_prev / one_minus * beta)
+    c_x0 = float(schedule.sqrt_alpha_bars[t_prev])
+    # 1 - alpha_bar_{t'} - sigma^2 >= 0 for eta <= 1; the max only guards a rounding below 0.
+    c_eps = math.sqrt(max(one_minus_prev - sigma**2, 0.0))
+    # END SOLUTION
+    return c_x0, c_eps, sigma
+
+
 def ddim_step_form(schedule: NoiseSchedule, t: int, t_prev: int, eta: float,
                    use_clipped_model_output: bool = False) -> StepForm:
-    """[E32] x_{t'} = sqrt(alpha_bar_{t'}) x0_hat + sqrt(1 - alpha_bar_{t'} - sigma_t^2) eps_hat + sigma_t z,
-    sigma_t(eta) = eta sqrt((1 - alpha_bar_{t'}) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_{t'})
-    (Song et al. 2021, eq. 12 and 16, for any t' < t of a strided sub-sequence).
+    """[E32] The DDIM step from t to t' = t_prev as a StepForm, with the weights of `ddim_step_coefficients`:
+    x_{t'} = sqrt(alpha_bar_{t'}) x0_hat + sqrt(1 - alpha_bar_{t'} - sigma_t^2) eps_hat + sigma_t z (any t' < t
+    of a strided sub-sequence).
 
-    sigma_t(1)^2 is the strided posterior variance beta_tilde (E11), so eta = 1 is DDPM's "fixed_small" step;
-    eta = 0 is deterministic. With use_clipped_model_output, eps_hat is re-derived from the clipped x0'
-    (E13: eps' = (x_t - sqrt(alpha_bar_t) x0') / sqrt(1 - alpha_bar_t)). Returns the step's StepForm.
+    With use_clipped_model_output, eps_hat is re-derived from the clipped x0' (E13: eps' = (x_t -
+    sqrt(alpha_bar_t) x0') / sqrt(1 - alpha_bar_t)), so the step is written in x_t and x0'.
     """
-    sigma = eta * math.sqrt(strided_posterior(schedule, t, t_prev).beta_tilde)
-    sqrt_alpha_bar_prev = float(schedule.sqrt_alpha_bars[t_prev])
-    # The weight of eps_hat; 1 - alpha_bar_{t'} - sigma^2 >= 0 for eta <= 1, the max only guards a rounding below 0.
-    direction = math.sqrt(max(float(schedule.one_minus_alpha_bars[t_prev]) - sigma**2, 0.0))
+    sqrt_alpha_bar_prev, direction, sigma = ddim_step_coefficients(schedule, t, t_prev, eta)
     if not use_clipped_model_output:
         return StepForm(u_x=0.0, u_x0=sqrt_alpha_bar_prev, u_eps=direction, sigma=sigma)
     a, b = float(schedule.sqrt_alpha_bars[t]), float(schedule.sqrt_one_minus_alpha_bars[t])
