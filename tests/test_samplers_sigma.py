@@ -16,19 +16,21 @@ import pytest
 from diffusion_oracle import GaussianData
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.integrate import solve_ivp
 from strategies import float_arrays, schedule_and_t, schedules
 from tolerances import ROUND_TRIP, assert_close
 
 from minidiff.diffusion.gmm import GaussianMixture
 from minidiff.diffusion.schedules import NoiseSchedule, linear_betas
 from minidiff.samplers.ddim import DDIMSampler
-from minidiff.samplers.dpm_solver import DPMSolverMultistepSampler, dpm_solver_coefficients
+from minidiff.samplers.dpm_solver import DPMSolverMultistepSampler, dpm_solver_2m_update, dpm_solver_coefficients
 from minidiff.samplers.edm import (
     EDMHeunSampler,
     EulerAncestralSampler,
     EulerSampler,
     HeunSampler,
     ancestral_sigmas,
+    edm_heun_step,
 )
 from minidiff.samplers.sigmas import (
     dpm_solver_timesteps,
@@ -606,3 +608,192 @@ def test_add_noise_uses_the_run_sigma_and_refuses_other_timesteps():
     alpha_t, sigma_t = vp_coefficients(dpm.sigmas[1])
     assert_close(dpm.add_noise(x0, noise, np.full(2, dpm.timesteps[1])), alpha_t * x0 + sigma_t * noise,
                  dtype=np.float64)
+
+
+# --- Exercise 10.1: the DPM-Solver++(2M) update [E35] ----------------------------------------------
+
+
+def vp_levels(*ve_sigmas):
+    """(lambdas, alphas, sigmas) of VE noise levels: lambda = -log sigma, alpha_t = 1 / sqrt(1 + sigma^2),
+    sigma_t = sigma alpha_t, written out here."""
+    lambdas = tuple(-math.log(s) for s in ve_sigmas)
+    alphas = tuple(1.0 / math.sqrt(1.0 + s * s) for s in ve_sigmas)
+    return lambdas, alphas, tuple(s * a for s, a in zip(ve_sigmas, alphas, strict=True))
+
+
+def vp_ode_in_lambda(x_start, lam_start, lam_end, x0_of_lambda):
+    """Integrate the VP probability-flow ODE written in lambda with a given data prediction,
+    dx/dlambda = -alpha^2 x + alpha x0(lambda), alpha^2 = 1 / (1 + e^(-2 lambda)), by scipy (rtol 1e-12)."""
+    def f(lam, y):
+        alpha = 1.0 / math.sqrt(1.0 + math.exp(-2.0 * lam))
+        return -alpha * alpha * y + alpha * x0_of_lambda(lam).ravel()
+
+    sol = solve_ivp(f, (lam_start, lam_end), x_start.ravel(), method="DOP853", rtol=1e-12, atol=1e-12)
+    assert sol.success, sol.message
+    return sol.y[:, -1].reshape(x_start.shape)
+
+
+@pytest.mark.exercise("ex10.1")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_e35_e32_dpm_solver_2m_update_with_equal_estimates_is_the_ddim_step(dtype):
+    """[E35][E32] With m1 = m0 the difference D1 vanishes and the step is first order: DDIM with eta = 0, written
+    as x_next = alpha_next x0 + sigma_next eps_hat with eps_hat = (x - alpha x0) / sigma_t. The result keeps x's
+    dtype."""
+    rng = np.random.default_rng(20)
+    x, m0 = rng.standard_normal((2, 6, 3)).astype(dtype)
+    for ve in [(3.0, 1.2, 0.5), (40.0, 20.0, 7.0), (0.3, 0.05, 0.01)]:
+        lambdas, alphas, sigmas = vp_levels(*ve)
+        got = dpm_solver_2m_update(x, m0, m0.copy(), lambdas, alphas, sigmas)
+        assert got.dtype == dtype, f"dpm_solver_2m_update returned {got.dtype} for {np.dtype(dtype)} input"
+        eps_hat = (x.astype(np.float64) - alphas[1] * m0) / sigmas[1]
+        ddim = alphas[2] * m0 + sigmas[2] * eps_hat
+        assert_close(got, ddim, dtype=dtype, scale=np.abs(x) + np.abs(m0) / alphas[1],
+                     what=f"levels {ve}, m1 = m0 (first order, DDIM):")
+
+
+@pytest.mark.exercise("ex10.1")
+@pytest.mark.parametrize("ve", [(2.0, 1.0, 0.4), (10.0, 1.5, 1.0), (0.8, 0.3, 0.02)])
+def test_e35_dpm_solver_2m_update_is_the_exact_flow_with_x0_at_the_midpoint_of_the_line(ve):
+    """[E35] The "midpoint" update integrates the ODE exactly with the data prediction frozen at the straight line
+    through (lambda_prev, m1) and (lambda, m0), read at the middle of the step lambda + h / 2. Here that ODE is
+    integrated numerically (scipy) in lambda, for steps shorter and longer than the previous one (r != 1)."""
+    rng = np.random.default_rng(21)
+    x, m0, m1 = rng.standard_normal((3, 4, 2))
+    lambdas, alphas, sigmas = vp_levels(*ve)
+    middle = 0.5 * (lambdas[1] + lambdas[2])
+    frozen = m1 + (m0 - m1) * (middle - lambdas[0]) / (lambdas[1] - lambdas[0])  # the line, at the middle
+    expected = vp_ode_in_lambda(x, lambdas[1], lambdas[2], lambda lam: frozen)
+    got = dpm_solver_2m_update(x, m0, m1, lambdas, alphas, sigmas)
+    err = float(np.abs(got - expected).max())
+    assert err < 1e-9, (f"levels {ve}: the step is {err:.2e} away from the exact flow with x0 frozen at "
+                        "the line's value at the step's middle (check h, r and D1)")
+
+
+@pytest.mark.exercise("ex10.1")
+def test_e35_dpm_solver_2m_update_has_local_error_of_third_order():
+    """[E35] One step with the true data prediction x0(lambda) = c0 + c1 sin(lambda) known at lambda_prev and lambda,
+    the previous step 1.5 times the step h (r = 1.5), against the exact flow (scipy): a second-order multistep
+    method has local error O(h^3), so the log-log slope of the error against h is 3 (+- 0.3). A wrong weight of
+    D1, or r left out, leaves O(h^2) (slopes near 2 here)."""
+    c0, c1 = np.array([[0.3, -0.2]]), np.array([[1.0, 0.5]])
+    def x0_of(lam):
+        return c0 + c1 * math.sin(lam)
+    x = np.array([[0.7, -1.1]])
+    lam = -0.5
+    hs, errors = [0.4, 0.2, 0.1, 0.05], []
+    for h in hs:
+        ve = tuple(math.exp(-v) for v in (lam - 1.5 * h, lam, lam + h))
+        lambdas, alphas, sigmas = vp_levels(*ve)
+        got = dpm_solver_2m_update(x, x0_of(lambdas[1]), x0_of(lambdas[0]), lambdas, alphas, sigmas)
+        errors.append(float(np.abs(got - vp_ode_in_lambda(x, lambdas[1], lambdas[2], x0_of)).max()))
+    slope = log_log_slope(hs, errors)
+    assert abs(slope - 3.0) < 0.3, f"local error against h: slope {slope:.2f} (expected 3), errors {errors}"
+
+
+@pytest.mark.exercise("ex10.1")
+def test_e35_dpm_solver_2m_run_converges_at_second_order():
+    """[E35] DPM-Solver++(2M) ("midpoint", the default; it calls dpm_solver_2m_update from its second step on) on
+    Gaussian data, whose probability-flow ODE has the closed-form solution x_1 = m_1 + sqrt(V_1 / V_T) (x_T - m_T):
+    the error at t = 1 falls as 1/N^2 (log-log slope -2 +- 0.25)."""
+    z = np.random.default_rng(22).standard_normal((32, 2))
+    x_T = ORACLE.m(1000) + np.sqrt(ORACLE.V(1000)) * z
+    exact = ORACLE.m(1) + np.sqrt(ORACLE.V(1)) * z
+    ns, errors = [40, 80, 160, 320], []
+    for n in ns:
+        sampler = DPMSolverMultistepSampler(SCHEDULE, final_sigmas_type="sigma_min", lower_order_final=False)
+        x = sampler.sample(ORACLE.eps_model, z.shape, np.random.default_rng(0), num_inference_steps=n, x_T=x_T,
+                           dtype=np.float64, progress=False)
+        errors.append(float(np.abs(x - exact).max()))
+    slope = log_log_slope(ns, errors)
+    assert abs(slope + 2.0) < 0.25, f"error against steps N = {ns}: slope {slope:.2f} (expected -2), errors {errors}"
+
+
+# --- Exercise 10.2: EDM's Heun step [E36] ---------------------------------------------------------
+
+
+class RecordingDenoiser:
+    """The exact denoiser of GAUSSIAN (or of a point mass at `point`), recording (x, sigma) of every call."""
+
+    def __init__(self, point=None) -> None:
+        self.point = point
+        self.calls: list[tuple[np.ndarray, float]] = []
+
+    def __call__(self, x, sigma):
+        self.calls.append((x.copy(), float(sigma)))
+        if self.point is not None:
+            return np.broadcast_to(self.point, x.shape).astype(x.dtype)
+        return GAUSSIAN.denoiser(x, sigma).astype(x.dtype)
+
+
+@pytest.mark.exercise("ex10.2")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_e36_heun_step_to_sigma_zero_is_one_euler_step_onto_the_denoised_sample(dtype):
+    """[E36] The last step (sigma_next = 0) cannot evaluate the slope at sigma = 0 (a division by 0): it is the Euler
+    step x + (0 - sigma) (x - D(x; sigma)) / sigma = D(x; sigma), with one call of the denoiser, at (x, sigma)."""
+    x = (np.random.default_rng(23).standard_normal((5, 2)) * 0.3).astype(dtype)
+    denoiser = RecordingDenoiser()
+    got = edm_heun_step(denoiser, x, 0.3, 0.0)
+    assert got.dtype == dtype, f"edm_heun_step returned {got.dtype} for {np.dtype(dtype)} input"
+    assert len(denoiser.calls) == 1, f"the step to sigma = 0 called the denoiser {len(denoiser.calls)} times, not once"
+    assert denoiser.calls[0][1] == 0.3, f"the denoiser was called at sigma = {denoiser.calls[0][1]}, not 0.3"
+    assert np.isfinite(got).all(), "the step to sigma = 0 returned NaN or inf (a slope evaluated at sigma = 0?)"
+    assert_close(got, GAUSSIAN.denoiser(x.astype(np.float64), 0.3), dtype=dtype, scale=np.abs(x) + 1.0,
+                 what="the step to sigma = 0 (it should land on D(x; sigma)):")
+
+
+@pytest.mark.exercise("ex10.2")
+def test_e36_heun_step_corrects_with_the_slope_at_the_euler_prediction():
+    """[E36] An interior step calls the denoiser twice: at (x, sigma), then at the Euler prediction
+    x + (sigma_next - sigma) (x - D(x; sigma)) / sigma and sigma_next (computed here from the first call)."""
+    x = np.random.default_rng(24).standard_normal((4, 2)) * 2.0
+    denoiser = RecordingDenoiser()
+    edm_heun_step(denoiser, x, 2.0, 1.2)
+    assert len(denoiser.calls) == 2, f"an interior step called the denoiser {len(denoiser.calls)} times, not twice"
+    (x_a, sigma_a), (x_b, sigma_b) = denoiser.calls
+    assert sigma_a == 2.0 and sigma_b == 1.2, f"denoiser called at sigmas {sigma_a}, {sigma_b}; expected 2.0, 1.2"
+    assert_close(x_a, x, dtype=np.float64, what="first call (the sample itself):")
+    prediction = x + (1.2 - 2.0) * (x - GAUSSIAN.denoiser(x, 2.0)) / 2.0
+    assert_close(x_b, prediction, dtype=np.float64, scale=np.abs(x) + 1.0, what="second call (the Euler prediction):")
+
+
+@pytest.mark.exercise("ex10.2")
+def test_e36_heun_step_is_exact_when_the_data_is_one_point():
+    """[E36] For data at a single point c, D = c and dx/dsigma = (x - c) / sigma has the solution
+    x(sigma') = c + (x - c) sigma' / sigma, linear in sigma: both slopes are equal along it, so Heun's step is
+    exact. (Averaging with a slope taken at the wrong point or the wrong sigma is not.)"""
+    c = np.array([0.4, -1.3])
+    x = np.random.default_rng(25).standard_normal((6, 2)) * 5.0
+    for sigma, sigma_next in [(5.0, 2.0), (80.0, 0.5), (0.7, 0.69)]:
+        got = edm_heun_step(RecordingDenoiser(point=c), x, sigma, sigma_next)
+        assert_close(got, c + (x - c) * sigma_next / sigma, dtype=np.float64, scale=np.abs(x) + np.abs(c),
+                     what=f"one-point data, sigma {sigma} -> {sigma_next}:")
+
+
+@pytest.mark.exercise("ex10.2")
+def test_e36_heun_steps_converge_at_second_order_on_the_karras_levels():
+    """[E36] N Heun steps over Karras' levels (rho = 7) from sigma_max = 80 to sigma_min = 0.002 on Gaussian data,
+    against the closed-form solution of the VE ODE ((x - MU) / sqrt(S^2 + sigma^2) is constant): the error at
+    sigma_min falls as 1/N^2 (log-log slope -2 +- 0.25), where Euler's would fall as 1/N."""
+    z = np.random.default_rng(26).standard_normal((32, 2))
+    ns, errors = [8, 16, 32, 64], []
+    for n in ns:
+        sigmas = karras_sigmas(0.002, 80.0, n)
+        x = 80.0 * z
+        for sigma, sigma_next in itertools.pairwise(sigmas):
+            x = edm_heun_step(GAUSSIAN.denoiser, x, float(sigma), float(sigma_next))
+        errors.append(float(np.abs(x - ve_ode_solution(80.0 * z, 80.0, 0.002)).max()))
+    slope = log_log_slope(ns, errors)
+    assert abs(slope + 2.0) < 0.25, f"error against steps N = {ns}: slope {slope:.2f} (expected -2), errors {errors}"
+
+
+@pytest.mark.exercise("ex10.2")
+def test_e36_heun_step_has_local_error_of_third_order():
+    """[E36] One step from sigma = 1 to 1 - h on Gaussian data against the closed form: local error O(h^3), log-log
+    slope 3 +- 0.3 (an Euler step, or a wrongly weighted average, leaves O(h^2))."""
+    x = np.random.default_rng(27).standard_normal((16, 2)) * 1.5
+    hs, errors = [0.4, 0.2, 0.1, 0.05], []
+    for h in hs:
+        got = edm_heun_step(GAUSSIAN.denoiser, x, 1.0, 1.0 - h)
+        errors.append(float(np.abs(got - ve_ode_solution(x, 1.0, 1.0 - h)).max()))
+    slope = log_log_slope(hs, errors)
+    assert abs(slope - 3.0) < 0.3, f"local error against h: slope {slope:.2f} (expected 3), errors {errors}"

@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from minidiff.diffusion import _validate as _v
+from minidiff.exercise_tools import exercise
 from minidiff.kernels.sampler_step import StepCoefs, sampler_step
 from minidiff.samplers.base import (
     PREDICTION_OPTION,
@@ -120,6 +121,35 @@ def dpm_solver_coefficients(sigmas: tuple[float, ...], sigma_next: float, algori
     d1 = d1_0 + r[0] / (r[0] + r[1]) * (d1_0 - d1_1)
     d2 = (d1_0 - d1_1) / (r[0] + r[1])
     return c_x, a0 * d0 - scale * phi2 * d1 - scale * phi3 * d2
+
+
+@exercise("ex10.1")
+def dpm_solver_2m_update(x: np.ndarray, m0: np.ndarray, m1: np.ndarray, lambdas: tuple[float, float, float],
+                         alphas: tuple[float, float, float], sigmas: tuple[float, float, float]) -> np.ndarray:
+    """[E35] One DPM-Solver++(2M) step (Lu et al. 2022, Algorithm 2, the "midpoint" form), from t_i to t_{i+1}:
+
+        x_{i+1} = (sigma_{i+1} / sigma_i) x_i - alpha_{i+1} (e^{-h} - 1) (m0 + D1 / 2),
+        h = lambda_{i+1} - lambda_i,  r = (lambda_i - lambda_{i-1}) / h,  D1 = (m0 - m1) / r.
+
+    x: the VP sample x_i at t_i, shape (B, ...); m0, m1: the data predictions x0_hat at t_i and t_{i-1}
+    (same shape and dtype). lambdas, alphas, sigmas: lambda = log(alpha / sigma), alpha_t = sqrt(alpha_bar) and
+    sigma_t = sqrt(1 - alpha_bar) at the three times (t_{i-1}, t_i, t_{i+1}), as Python floats; t_{i+1} must
+    be a noise level above 0 (lambda finite). m0 + D1 / 2 is the straight line through (lambda_{i-1}, m1)
+    and (lambda_i, m0) at the middle of the step, lambda_i + h / 2; the step integrates the linear part of the
+    ODE exactly with x0_hat held at that value. With m1 = m0 it is the first-order step, DDIM (E32).
+    Returns x_{i+1}, in the dtype of x.
+    """
+    lambdas, alphas, sigmas = (tuple(float(v) for v in seq) for seq in (lambdas, alphas, sigmas))
+    if not all(math.isfinite(v) for v in lambdas) or not lambdas[0] < lambdas[1] < lambdas[2]:
+        raise ValueError(f"lambdas: expected finite lambda_(i-1) < lambda_i < lambda_(i+1), got {lambdas}")
+    # BEGIN SOLUTION ex10.1: the step h and the ratio r of the previous step to it, the difference D1, then the update
+    lam_prev, lam, lam_next = lambdas
+    h = lam_next - lam
+    r = (lam - lam_prev) / h
+    d1 = (m0 - m1) / r
+    x_next = (sigmas[2] / sigmas[1]) * x - (alphas[2] * math.expm1(-h)) * (m0 + 0.5 * d1)
+    # END SOLUTION
+    return x_next
 
 
 def _combine(x: np.ndarray, c_x: float, outputs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
@@ -226,6 +256,14 @@ class DPMSolverMultistepSampler(SigmaSampler):
         order = self._order(index)
         self._estimates = [m, *self._estimates][: self.config["solver_order"]]
         levels = tuple(float(s) for s in self.sigmas[index - order + 1: index + 1][::-1])  # newest first
+        if order == 2 and self.config["algorithm_type"] == "dpmsolver++" and self.config["solver_type"] == "midpoint":
+            # DPM-Solver++(2M), the default: exercise 10.1, over the VE levels (sigma_{i-1}, sigma_i, sigma_{i+1})
+            ve = (levels[1], levels[0], float(self.sigmas[index + 1]))
+            vp = [vp_coefficients(s) for s in ve]  # (alpha_t, sigma_t) at each
+            lambdas = tuple(-math.log(s) for s in ve)
+            x_next = dpm_solver_2m_update(sample, self._estimates[0], self._estimates[1], lambdas,
+                                          tuple(a for a, _ in vp), tuple(s for _, s in vp))
+            return SamplerOutput(x_next, x0)
         c_x, weights = dpm_solver_coefficients(levels, float(self.sigmas[index + 1]), self.config["algorithm_type"],
                                                self.config["solver_type"])
         return SamplerOutput(_combine(sample, c_x, self._estimates[:order], weights), x0)

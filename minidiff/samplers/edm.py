@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from minidiff.diffusion import _validate as _v
+from minidiff.exercise_tools import exercise
 from minidiff.kernels.sampler_step import StepCoefs, sampler_step
 from minidiff.samplers.base import (
     PREDICTION_OPTION,
@@ -79,6 +80,34 @@ def heun_finish(anchor: np.ndarray, x_pred: np.ndarray, x0_pred: np.ndarray, sig
     plus (h / 2) d', d' = (x_pred - x0_pred) / sigma_next the slope at the Euler prediction x_pred."""
     half = 0.5 * (sigma_next - sigma) / sigma_next
     return sampler_step(x_pred, x0_pred, anchor, StepCoefs(c_x=half, c_eps=-half, c_z=1.0))
+
+
+@exercise("ex10.2")
+def edm_heun_step(denoiser: Denoiser, x: np.ndarray, sigma: float, sigma_next: float) -> np.ndarray:
+    """[E36] One step of Heun's method on dx/dsigma = (x - D(x; sigma)) / sigma, from sigma to sigma_next < sigma
+    (Karras et al. 2022, Algorithm 1, lines 4-8, without churn):
+
+        d = (x - D(x; sigma)) / sigma,                x' = x + (sigma_next - sigma) d          (Euler predictor)
+        d' = (x' - D(x'; sigma_next)) / sigma_next,   x_next = x + (sigma_next - sigma) (d + d') / 2  (trapezoid)
+
+    and, when sigma_next = 0, the Euler predictor alone (d' would divide by 0; x' is then D(x; sigma)).
+    denoiser: D(x, sigma) returning an array of x's shape and dtype; called twice (once for the last step).
+    x: the sample at sigma, shape (B, ...). sigma, sigma_next: Python floats. Returns the sample at sigma_next,
+    in the dtype of x.
+    """
+    sigma, sigma_next = float(sigma), float(sigma_next)
+    if not (sigma > 0.0 and 0.0 <= sigma_next < sigma and math.isfinite(sigma)):
+        raise ValueError(f"sigma, sigma_next: expected 0 <= sigma_next < sigma, finite, got {sigma}, {sigma_next}")
+    # BEGIN SOLUTION ex10.2: slope d at x, Euler predictor (the answer if sigma_next = 0), slope there, average slope
+    h = sigma_next - sigma
+    d = (x - denoiser(x, sigma)) / sigma
+    x_euler = x + h * d
+    if sigma_next == 0.0:
+        return x_euler
+    d_next = (x_euler - denoiser(x_euler, sigma_next)) / sigma_next
+    x_next = x + h * (0.5 * d + 0.5 * d_next)
+    # END SOLUTION
+    return x_next
 
 
 def ancestral_sigmas(sigma: float, sigma_next: float) -> tuple[float, float]:
@@ -294,12 +323,7 @@ class EDMHeunSampler:
             raise ValueError(f"i: expected a step index in 0..{self.num_steps - 1}, got {i!r}")
         x = _v.float_array(x, "x")
         sigma, sigma_next = float(self.sigmas[i]), float(self.sigmas[i + 1])
-        x0 = _denoised(denoiser, x, sigma)
-        x_next = euler_step(x, x0, sigma, sigma_next)
-        if sigma_next == 0.0:
-            return x_next
-        anchor = heun_anchor(x, x0, sigma, sigma_next)
-        return heun_finish(anchor, x_next, _denoised(denoiser, x_next, sigma_next), sigma, sigma_next)
+        return edm_heun_step(lambda v, s: _denoised(denoiser, v, s), x, sigma, sigma_next)  # exercise 10.2
 
     def sample(self, denoiser: Denoiser, shape: Sequence[int], rng: np.random.Generator, *,
                x_T: np.ndarray | None = None, dtype: Any = np.float64, return_trajectory: bool = False) -> np.ndarray:
