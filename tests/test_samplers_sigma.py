@@ -797,3 +797,18 @@ def test_e36_heun_step_has_local_error_of_third_order():
         errors.append(float(np.abs(got - ve_ode_solution(x, 1.0, 1.0 - h)).max()))
     slope = log_log_slope(hs, errors)
     assert abs(slope - 3.0) < 0.3, f"local error against h: slope {slope:.2f} (expected 3), errors {errors}"
+
+
+@pytest.mark.parametrize("steps", [10, 20])
+def test_dpm_solver_step_over_no_noise_is_the_identity(steps):
+    """Karras levels end at sigma_min and final_sigmas_type="sigma_min" appends it once more: the last step
+    integrates the ODE over an empty interval, so it must return its sample unchanged (at 20 steps it is a
+    second-order step, whose ratio of steps r = h_prev / h would be infinite)."""
+    gmm = GaussianMixture.example_2d()
+    schedule = NoiseSchedule.named("linear", 1000)
+    sampler = DPMSolverMultistepSampler(schedule, use_karras_sigmas=True, final_sigmas_type="sigma_min")
+    trajectory = sampler.sample(gmm.eps_model(schedule), (8, 2), np.random.default_rng(0), num_inference_steps=steps,
+                                dtype=np.float64, progress=False, return_trajectory=True)
+    assert sampler.sigmas[-1] == sampler.sigmas[-2]
+    np.testing.assert_array_equal(trajectory[-1], trajectory[-2])
+    assert np.isfinite(trajectory).all()

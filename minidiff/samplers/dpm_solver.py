@@ -137,19 +137,20 @@ def dpm_solver_2m_update(x: np.ndarray, m0: np.ndarray, m1: np.ndarray, lambdas:
     be a noise level above 0 (lambda finite). m0 + D1 / 2 is the straight line through (lambda_{i-1}, m1)
     and (lambda_i, m0) at the middle of the step, lambda_i + h / 2; the step integrates the linear part of the
     ODE exactly with x0_hat held at that value. With m1 = m0 it is the first-order step, DDIM (E32).
-    Returns x_{i+1}, in the dtype of x.
+    The update is affine in (x, m0, m1), so it runs as one call of the fused kernel. Returns x_{i+1}, in the
+    dtype of x.
     """
     lambdas, alphas, sigmas = (tuple(float(v) for v in seq) for seq in (lambdas, alphas, sigmas))
     if not all(math.isfinite(v) for v in lambdas) or not lambdas[0] < lambdas[1] < lambdas[2]:
         raise ValueError(f"lambdas: expected finite lambda_(i-1) < lambda_i < lambda_(i+1), got {lambdas}")
-    # BEGIN SOLUTION ex10.1: the step h and the ratio r of the previous step to it, the difference D1, then the update
+    # BEGIN SOLUTION ex10.1: the step h, the ratio r of the previous step to it, then the weights of x, m0 and m1
     lam_prev, lam, lam_next = lambdas
     h = lam_next - lam
     r = (lam - lam_prev) / h
-    d1 = (m0 - m1) / r
-    x_next = (sigmas[2] / sigmas[1]) * x - (alphas[2] * math.expm1(-h)) * (m0 + 0.5 * d1)
+    c = -alphas[2] * math.expm1(-h)  # the weight of the x0 prediction held at the midpoint, m0 + (m0 - m1) / (2 r)
+    c_x, c_m0, c_m1 = sigmas[2] / sigmas[1], c * (1.0 + 0.5 / r), -c * 0.5 / r
     # END SOLUTION
-    return x_next
+    return sampler_step(x, m0, m1, StepCoefs(c_x=c_x, c_eps=c_m0, c_z=c_m1))  # one fused pass over the arrays
 
 
 def _combine(x: np.ndarray, c_x: float, outputs: list[np.ndarray], weights: np.ndarray) -> np.ndarray:
@@ -256,6 +257,10 @@ class DPMSolverMultistepSampler(SigmaSampler):
         order = self._order(index)
         self._estimates = [m, *self._estimates][: self.config["solver_order"]]
         levels = tuple(float(s) for s in self.sigmas[index - order + 1: index + 1][::-1])  # newest first
+        if math.isclose(float(self.sigmas[index + 1]), levels[0], rel_tol=1e-12):
+            # Karras levels end at sigma_min, and final_sigmas_type="sigma_min" appends it again: a step over no
+            # noise at all, the identity (diffusers reaches it up to rounding, through r = h_prev / h = inf).
+            return SamplerOutput(sample.copy(), x0)
         if order == 2 and self.config["algorithm_type"] == "dpmsolver++" and self.config["solver_type"] == "midpoint":
             # DPM-Solver++(2M), the default: exercise 10.1, over the VE levels (sigma_{i-1}, sigma_i, sigma_{i+1})
             ve = (levels[1], levels[0], float(self.sigmas[index + 1]))

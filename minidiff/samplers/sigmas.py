@@ -131,7 +131,8 @@ def dpm_solver_timesteps(spacing: str, T: int, n: int, steps_offset: int = 0, la
     elif spacing == "leading":
         k = (np.arange(n + 1) * (last // (n + 1))).round()[::-1][:-1] + steps_offset
     else:
-        k = np.arange(last, 0, -T / n).round() - 1
+        points = last - np.arange(n) * (T / n)  # diffusers' arange(last, 0, -T / n), without the extra
+        k = points[points > 0].round() - 1  # point near 0 that rounding can add to arange when last = T
     t = k.astype(np.int64) + 1
     if np.any(np.diff(t) >= 0):
         raise ValueError(f"num_inference_steps: {n} steps spaced '{spacing}' over {last} training steps repeat a "
