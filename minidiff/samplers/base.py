@@ -28,6 +28,7 @@ from minidiff.diffusion.schedules import (
     scaled_linear_betas,
     sigmoid_betas,
 )
+from minidiff.kernels import StepCoefs, sampler_step
 from minidiff.progress import progress as progress_bar
 
 TIMESTEP_SPACINGS = ("leading", "linspace", "trailing")
@@ -437,6 +438,12 @@ class Sampler:
         if out.dtype != x.dtype and out.dtype.kind == "f":
             out = out.astype(x.dtype)
         return out
+
+
+def combine(x: np.ndarray, c_x: float, y: np.ndarray, c_y: float) -> np.ndarray:
+    """c_x x + c_y y (x and y of one shape and dtype) in one pass of the fused sampler kernel, where NumPy
+    would make a temporary per operator: the x0 and eps a step reads off a model output."""
+    return sampler_step(x, y, None, StepCoefs(c_x=c_x, c_eps=c_y))
 
 
 def initial_sample(model: Any, model_name: str, shape: Sequence[int], rng: Any, x_T: Any,

@@ -45,6 +45,7 @@ from minidiff.samplers.base import (
     Option,
     Sampler,
     SamplerOutput,
+    combine,
     dynamic_threshold,
     one_of,
     spaced_timesteps,
@@ -114,17 +115,19 @@ def take_step(sample: np.ndarray, out: np.ndarray, z: np.ndarray | None, form: S
     """
     c_x = form.u_x + form.u_eps * reading.e_x
     c_out = form.u_eps * reading.e_out
-    x0_hat = reading.r_x * sample + reading.r_out * out  # (B, ...)
     if config["thresholding"]:
+        x0_hat = combine(sample, reading.r_x, out, reading.r_out)  # (B, ...)
         x0 = dynamic_threshold(x0_hat, config["dynamic_thresholding_ratio"], config["sample_max_value"])
         prev = c_x * sample + c_out * out + form.u_x0 * x0  # (B, ...)
         return SamplerOutput(prev if z is None else prev + form.sigma * z, x0)
     if config["clip_sample"]:
         bound = config["clip_sample_range"]
         coefs = StepCoefs(c_x, c_out, form.sigma, c_x0=form.u_x0, r_x=reading.r_x, r_eps=reading.r_out, clip=bound)
-        return SamplerOutput(sampler_step(sample, out, z, coefs), np.clip(x0_hat, -bound, bound))
+        x0 = sampler_step(sample, out, None, StepCoefs(0.0, 0.0, c_x0=1.0, r_x=reading.r_x, r_eps=reading.r_out,
+                                                       clip=bound))  # the clipped x0_hat alone
+        return SamplerOutput(sampler_step(sample, out, z, coefs), x0)
     coefs = StepCoefs(c_x + form.u_x0 * reading.r_x, c_out + form.u_x0 * reading.r_out, form.sigma)
-    return SamplerOutput(sampler_step(sample, out, z, coefs), x0_hat)
+    return SamplerOutput(sampler_step(sample, out, z, coefs), combine(sample, reading.r_x, out, reading.r_out))
 
 
 class StridedPosterior(NamedTuple):

@@ -39,6 +39,7 @@ from minidiff.samplers.base import (
     SamplerOutput,
     a_positive_float,
     a_positive_int,
+    combine,
     disabled,
     initial_sample,
     one_of,
@@ -270,7 +271,7 @@ class FlowMatchEulerSampler(FlowMatchSampler):
     def _step(self, model_output: np.ndarray, index: int, sample: np.ndarray) -> SamplerOutput:
         """[E38] x_{i+1} = x_i + (t_{i+1} - t_i) v(x_i, t_i)."""
         t, t_next = self.sigmas[index], self.sigmas[index + 1]
-        x0 = flow_x0_from_velocity(sample, t, model_output)
+        x0 = combine(sample, 1.0, model_output, -t)  # flow_x0_from_velocity in one fused pass
         return SamplerOutput(self._euler(sample, model_output, t, t_next), x0)
 
 
@@ -300,7 +301,7 @@ class FlowMatchHeunSampler(FlowMatchSampler):
         t, t_next = self.sigmas[i], self.sigmas[i + 1]
         if index % 2 == 0:
             self._predictor = (sample, model_output) if t_next > 0 else None
-            x0 = flow_x0_from_velocity(sample, t, model_output)
+            x0 = combine(sample, 1.0, model_output, -t)  # flow_x0_from_velocity in one fused pass
             return SamplerOutput(self._euler(sample, model_output, t, t_next), x0)
         return SamplerOutput(self._corrector(model_output, sample, t, t_next),
                              flow_x0_from_velocity(sample, t_next, model_output))

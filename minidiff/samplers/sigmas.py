@@ -38,6 +38,7 @@ from minidiff.samplers.base import (
     SamplerOutput,
     a_bool,
     check_num_inference_steps,
+    combine,
     disabled,
     one_of,
     spaced_timesteps,
@@ -237,11 +238,11 @@ def ve_x0(model_output: np.ndarray, x: np.ndarray, sigma: float, prediction_type
     """[E13][E14] x0 from a model output, in the VE scale x = x0 + sigma eps (the model saw x / sqrt(sigma^2 + 1)):
     eps: x0 = x - sigma eps;  sample: x0 = output;  v: x0 = x / (sigma^2 + 1) - sigma / sqrt(sigma^2 + 1) v."""
     if prediction_type == "epsilon":
-        return x - sigma * model_output
+        return combine(x, 1.0, model_output, -sigma)
     if prediction_type == "sample":
         return model_output
     _v.choice(prediction_type, "prediction_type", PREDICTION_TYPES)
-    return x / (sigma * sigma + 1.0) - sigma / math.sqrt(sigma * sigma + 1.0) * model_output
+    return combine(x, 1.0 / (sigma * sigma + 1.0), model_output, -sigma / math.sqrt(sigma * sigma + 1.0))
 
 
 def vp_x0_eps(model_output: np.ndarray, x: np.ndarray, alpha_t: float, sigma_t: float,
@@ -250,11 +251,11 @@ def vp_x0_eps(model_output: np.ndarray, x: np.ndarray, alpha_t: float, sigma_t: 
     eps: x0 = (x - sigma_t eps) / alpha_t;  sample: eps = (x - alpha_t x0) / sigma_t;
     v: x0 = alpha_t x - sigma_t v, eps = sigma_t x + alpha_t v."""
     if prediction_type == "epsilon":
-        return (x - sigma_t * model_output) / alpha_t, model_output
+        return combine(x, 1.0 / alpha_t, model_output, -sigma_t / alpha_t), model_output
     if prediction_type == "sample":
-        return model_output, (x - alpha_t * model_output) / sigma_t
+        return model_output, combine(x, 1.0 / sigma_t, model_output, -alpha_t / sigma_t)
     _v.choice(prediction_type, "prediction_type", PREDICTION_TYPES)
-    return alpha_t * x - sigma_t * model_output, sigma_t * x + alpha_t * model_output
+    return combine(x, alpha_t, model_output, -sigma_t), combine(x, sigma_t, model_output, alpha_t)
 
 
 # ---------------------------------------------------------------------------------------------------
