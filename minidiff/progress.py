@@ -6,16 +6,17 @@ import sys
 from collections.abc import Iterable, Iterator
 
 
-def _plain_progress(iterable: Iterable, total: int, desc: str) -> Iterator:
-    """A progress report without tqdm: a line on stderr at every tenth of the way."""
-    every = max(1, total // 10)
+def _plain_progress(iterable: Iterable, total: int | None, desc: str) -> Iterator:
+    """A progress report without tqdm: a line on stderr at every tenth of the way (every 100 items when the
+    total is not known, as in a run with a time budget)."""
+    every = max(1, total // 10) if total else 100
     for i, item in enumerate(iterable, start=1):
         yield item
         if i % every == 0 or i == total:
-            print(f"{desc}: {i}/{total}", file=sys.stderr, flush=True)
+            print(f"{desc}: {i}/{total or '?'}", file=sys.stderr, flush=True)
 
 
-def progress(iterable: Iterable, total: int, desc: str, enabled: bool = True) -> Iterable:
+def progress(iterable: Iterable, total: int | None, desc: str, enabled: bool = True) -> Iterable:
     """tqdm's progress bar when tqdm is installed (a dependency of minidiff, but a
     student may have installed without it), else plain lines."""
     if not enabled:

@@ -108,3 +108,17 @@ def test_config_values_minidiff_does_not_implement_are_refused_by_key(key, value
 def test_unknown_config_key_is_refused_by_name():
     with pytest.raises(ValueError, match="guidance_rescale"):
         from_config({"_class_name": "DDIMScheduler", "guidance_rescale": 0.7})
+
+
+def test_plain_progress_without_tqdm_reports_known_and_unknown_totals(monkeypatch, capsys):
+    """Without tqdm, progress is a line on stderr every tenth of a known total, every 100 items otherwise."""
+    import sys
+
+    from minidiff.progress import progress
+
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    assert list(progress(range(20), 20, "known")) == list(range(20))
+    assert list(progress(iter(range(250)), None, "open")) == list(range(250))
+    err = capsys.readouterr().err.splitlines()
+    assert err[:2] == ["known: 2/20", "known: 4/20"] and err[9] == "known: 20/20"
+    assert err[10:] == ["open: 100/?", "open: 200/?"]
