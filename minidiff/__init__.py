@@ -3,7 +3,7 @@
 Start with the chapter notebooks (notebooks/00_quickstart.py) and `python -m minidiff info`.
 """
 
-from minidiff import autodiff, checkpoint, diffusion, functional, kernels, nn, optim, samplers, sde
+from minidiff import autodiff, checkpoint, data, diffusion, functional, kernels, nn, optim, samplers, sde
 from minidiff.autodiff import Tensor, enable_grad, no_grad, tensor
 from minidiff.backend import (
     available_backends,
@@ -23,6 +23,7 @@ __all__ = [
     "autodiff",
     "available_backends",
     "checkpoint",
+    "data",
     "diffusion",
     "enable_grad",
     "fast_mode",
