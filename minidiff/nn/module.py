@@ -177,6 +177,10 @@ class Module:
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
+    def num_parameters(self) -> int:
+        """The number of scalars in the parameters (each shared parameter counted once)."""
+        return sum(p.size for p in self.parameters())
+
     def named_buffers(self, prefix: str = "", recurse: bool = True) -> Iterator[tuple[str, Tensor]]:
         yield from self._named_members("_buffers", prefix, recurse)
 
