@@ -3,7 +3,7 @@
 Start with the chapter notebooks (notebooks/00_quickstart.py) and `python -m minidiff info`.
 """
 
-from minidiff import autodiff, checkpoint, data, diffusion, functional, kernels, nn, optim, samplers, sde
+from minidiff import autodiff, checkpoint, data, diffusion, functional, kernels, metrics, nn, optim, samplers, sde
 from minidiff.autodiff import Tensor, enable_grad, no_grad, tensor
 from minidiff.backend import (
     available_backends,
@@ -31,6 +31,7 @@ __all__ = [
     "get_backend",
     "get_num_threads",
     "kernels",
+    "metrics",
     "nn",
     "no_grad",
     "optim",
