@@ -53,6 +53,7 @@ from minidiff.diffusion.flow import TIME_DISTRIBUTIONS, flow_matching_loss
 from minidiff.diffusion.losses import l_simple
 from minidiff.diffusion.parameterization import PREDICTION_TYPES
 from minidiff.diffusion.schedules import SCHEDULE_NAMES, NoiseSchedule
+from minidiff.exercise_tools import exercise
 from minidiff.nn.module import Module
 from minidiff.optim import EMA, AdamW, LinearWarmup, LRScheduler, clip_grad_norm_
 from minidiff.progress import progress
@@ -469,15 +470,21 @@ class Trainer:
 
     # -- the heart: one step ---------------------------------------------------------------------------
 
+    @exercise("ex07.4")
     def train_step(self, batch: Any) -> float:
         """One optimization step on a batch x or (x, labels): draw t and the noise, the loss, its gradient,
         clip, AdamW, advance the LR schedule and the EMA. Returns the loss (before the update)."""
         x0, labels = self._split(batch)
+        # Zero the gradients; loss = the objective's loss of self._denoiser(labels) on x0 with self.rng (it
+        # draws t and the noise, builds x_t and the target); backpropagate; clip the gradient norm to
+        # config.grad_clip (None: no limit), keeping the norm in self.grad_norm; take the optimizer step.
+        # BEGIN SOLUTION ex07.4: zero grads, loss, backward, clip into self.grad_norm, optimizer step
         self.optimizer.zero_grad()
         loss = self.objective.loss(self._denoiser(labels), x0, self.rng)
         loss.backward()
         self.grad_norm = clip_grad_norm_(self.model.parameters(), self.config.grad_clip or math.inf)
         self.optimizer.step()
+        # END SOLUTION
         self.lr_scheduler.step()
         self.ema.update(self.model)
         return float(loss.item())

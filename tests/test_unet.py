@@ -76,24 +76,32 @@ def compare_with_twin(ours, twin, call, arrays, ours_constants, dtype):
 # --- [E43] the sinusoidal timestep embedding ----------------------------------------------------------------
 
 
+@pytest.mark.exercise("ex07.1")
 def test_timestep_embedding_E43_closed_form():
     """dim 4, freq_shift 1: h = 2 frequencies exp(-ln(10^4) i / (h - 1)) = 1 and 1e-4, so
     emb(t) = [sin t, sin(1e-4 t), cos t, cos(1e-4 t)]; flipped: cosines first; odd dim: a zero column."""
     t = np.array([0, 1, 2.5, 999])
     expected = np.stack([np.sin(t), np.sin(1e-4 * t), np.cos(t), np.cos(1e-4 * t)], axis=1)
-    assert_close(timestep_embedding(t, 4), expected)
-    assert_close(timestep_embedding(t, 4, flip_sin_to_cos=True), expected[:, [2, 3, 0, 1]])
+    assert_close(timestep_embedding(t, 4), expected, what="emb (dim 4: [sin t, sin 1e-4 t, cos t, cos 1e-4 t])")
+    assert_close(timestep_embedding(t, 4, flip_sin_to_cos=True), expected[:, [2, 3, 0, 1]],
+                 what="flip_sin_to_cos (cosines first)")
     odd = timestep_embedding(t, 5)
-    assert_close(odd[:, :4], expected) and np.array_equal(odd[:, 4], np.zeros(4))
+    assert odd.shape == (4, 5), f"dim 5: expected shape (4, 5), got {odd.shape}"
+    assert_close(odd[:, :4], expected, what="odd dim, first 4 columns")
+    assert np.array_equal(odd[:, 4], np.zeros(4)), "odd dim: the last column must be zeros"
     # freq_shift 0, max_period 100, dim 6: frequencies 100^(-i/3) = 1, 100^(-1/3), 100^(-2/3)
     freqs = 100.0 ** (-np.arange(3) / 3)
     assert_close(timestep_embedding(t, 6, freq_shift=0, max_period=100),
-                 np.concatenate([np.sin(np.outer(t, freqs)), np.cos(np.outer(t, freqs))], axis=1))
+                 np.concatenate([np.sin(np.outer(t, freqs)), np.cos(np.outer(t, freqs))], axis=1),
+                 what="freq_shift 0, max_period 100 (frequencies 100^(-i/3))")
     emb = SinusoidalTimestepEmbedding(4, dtype=np.float32)(t)
-    assert emb.dtype == np.float32 and not emb.requires_grad and np.array_equal(emb.data, expected.astype(np.float32))
+    assert emb.dtype == np.float32 and not emb.requires_grad \
+        and np.array_equal(emb.data, expected.astype(np.float32)), \
+        "SinusoidalTimestepEmbedding: expected the float32 rounding of emb(t), a constant (no grad)"
 
 
 @pytest.mark.torch
+@pytest.mark.exercise("ex07.1")
 @pytest.mark.parametrize(("dim", "flip", "shift"), [(32, False, 1), (32, True, 0), (7, True, 1), (10, False, 0.5)])
 def test_timestep_embedding_E43_matches_diffusers(dim, flip, shift):
     """diffusers computes in float32: its angle t w_i carries ~ulp(t w_i) error, so the scale is t."""
@@ -126,6 +134,7 @@ def test_timestep_embedding_mlp_matches_diffusers():
 
 
 @pytest.mark.torch
+@pytest.mark.exercise("ex07.2")
 @pytest.mark.parametrize(("shift", "in_channels", "out_channels"), [("default", 6, 6), ("scale_shift", 6, 9),
                                                                     ("default", 9, 3)])
 def test_resblock_E44_adagn_matches_diffusers_resnet_block(shift, in_channels, out_channels):
@@ -148,6 +157,7 @@ def test_resblock_E44_adagn_matches_diffusers_resnet_block(shift, in_channels, o
 
 
 @pytest.mark.torch
+@pytest.mark.exercise("ex07.3")
 @pytest.mark.parametrize(("channels", "head_dim", "groups", "context_dim"), [
     (8, 4, 2, None),  # two heads
     (6, None, 3, None),  # one head of all channels
@@ -171,6 +181,81 @@ def test_attention_E45_matches_diffusers_attention(channels, head_dim, groups, c
     assert list(ours.state_dict()) == list(twin.state_dict())
     load_twin_weights(ours, twin, np.float64)
     compare_with_twin(ours, twin, call, arrays, {}, np.float64)
+
+
+def conv1x1(x, weight, bias):
+    return np.einsum("oi,bihw->bohw", weight[:, :, 0, 0], x) + bias[None, :, None, None]
+
+
+@pytest.mark.exercise("ex07.2")
+def test_resblock_E44_closed_forms():
+    """AdaGN with scale = -1, shift = 0 zeroes the normalized features: out = (shortcut(x) + conv2's bias) / factor
+    (checks the (1 + scale), which half is the scale, the shortcut and the factor). "default" with one channel
+    per group: the embedding, a per-channel constant added before norm2, is normalized away."""
+    rng = np.random.default_rng(0)
+    x, temb = rng.standard_normal((2, 3, 4, 5)), rng.standard_normal((2, 7))
+    block = ResBlock(3, 6, 7, groups=3, time_scale_shift="scale_shift", output_scale_factor=1.5,
+                     rng=np.random.default_rng(1), dtype=np.float64)
+    state = block.state_dict()
+    state["time_emb_proj.weight"] = np.zeros((12, 7))
+    state["time_emb_proj.bias"] = np.concatenate([-np.ones(6), np.zeros(6)])  # scale = -1, shift = 0
+    block.load_state_dict(state)
+    out = block(Tensor(x), Tensor(temb)).data
+    assert out.shape == (2, 6, 4, 5), f"expected output (2, 6, 4, 5), got {out.shape}"
+    expected = (conv1x1(x, state["conv_shortcut.weight"], state["conv_shortcut.bias"])
+                + state["conv2.bias"][None, :, None, None]) / 1.5
+    assert_close(out, expected, what="AdaGN with scale -1, shift 0: (shortcut(x) + conv2 bias) / output_scale_factor")
+
+    plain = ResBlock(6, 6, 7, groups=6, rng=np.random.default_rng(2), dtype=np.float64)
+    y = rng.standard_normal((2, 6, 4, 5))
+    a, b = plain(Tensor(y), Tensor(temb)).data, plain(Tensor(y), Tensor(5 * temb + 1)).data
+    assert not np.allclose(a, y), "the block returned its input: the residual branch is missing"
+    assert_close(a, b, what='"default" with one channel per group: the embedding must be added before norm2')
+
+
+def attention_by_hand(x, state, heads, groups, context=None, factor=1.0):
+    """[E45] per head: softmax(Q K^T / sqrt(d)) V over the pixels, then to_out, the residual, the factor."""
+    b, c, h, w = x.shape
+    normed = x
+    if groups is not None:
+        g = x.reshape(b, groups, -1)
+        g = (g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + 1e-5)
+        normed = g.reshape(x.shape) * state["group_norm.weight"][None, :, None, None] \
+            + state["group_norm.bias"][None, :, None, None]
+    tokens = normed.reshape(b, c, h * w).transpose(0, 2, 1)  # (B, HW, C)
+    source = tokens if context is None else context
+    q, k, v = (s @ state[f"to_{n}.weight"].T + state[f"to_{n}.bias"] for n, s in (("q", tokens), ("k", source),
+                                                                                 ("v", source)))
+    d = q.shape[-1] // heads
+    outs = []
+    for i in range(heads):
+        qi, ki, vi = (a[..., i * d:(i + 1) * d] for a in (q, k, v))
+        scores = qi @ ki.transpose(0, 2, 1) / np.sqrt(d)  # (B, HW, L)
+        p = np.exp(scores - scores.max(-1, keepdims=True))
+        outs.append(p / p.sum(-1, keepdims=True) @ vi)
+    out = np.concatenate(outs, axis=-1) @ state["to_out.0.weight"].T + state["to_out.0.bias"]  # (B, HW, C)
+    return (out.transpose(0, 2, 1).reshape(x.shape) + x) / factor
+
+
+@pytest.mark.exercise("ex07.3")
+@pytest.mark.parametrize(("channels", "head_dim", "groups", "context_dim"), [
+    (8, 4, 2, None), (6, None, None, None), (8, 2, 4, 5)])
+def test_attention_E45_closed_form(channels, head_dim, groups, context_dim):
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, channels, 3, 5))
+    if context_dim is None:
+        module = SelfAttention2d(channels, head_dim, groups, rescale_output_factor=2.0,
+                                 rng=np.random.default_rng(0), dtype=np.float64)
+        context, out = None, module(Tensor(x))
+    else:
+        module = CrossAttention(channels, context_dim, head_dim, groups, rescale_output_factor=2.0,
+                                rng=np.random.default_rng(0), dtype=np.float64)
+        context = rng.standard_normal((2, 4, context_dim))
+        out = module(Tensor(x), Tensor(context))
+    heads = 1 if head_dim is None else channels // head_dim
+    expected = attention_by_hand(x, module.state_dict(), heads, groups, context, 2.0)
+    assert_close(out.data, expected, what=f"attention ({heads} heads, {'cross' if context_dim else 'self'}): "
+                 "(x + to_out(softmax(Q K^T / sqrt(d)) V)) / rescale_output_factor")
 
 
 # --- [E46] the UNet against diffusers' UNet2DModel ----------------------------------------------------------------

@@ -15,6 +15,7 @@ import numpy as np
 
 from minidiff import functional as F
 from minidiff.autodiff.tensor import Tensor
+from minidiff.exercise_tools import exercise
 from minidiff.nn.layers import GroupNorm, Linear, ModuleList, _generator, _positive_int
 from minidiff.nn.module import Module
 
@@ -46,9 +47,14 @@ class _PixelAttention(Module):
         b, length, inner = x.shape
         return x.reshape(b, length, self.heads, inner // self.heads).transpose(1, 2)  # (B, heads, L, d)
 
+    @exercise("ex07.3")
     def _attend(self, x: Tensor, context: Tensor | None) -> Tensor:
         """[E45] x + to_out(softmax(Q K^T / sqrt(d)) V), divided by rescale_output_factor."""
         b, c, h, w = x.shape
+        # group norm (if any); pixels to tokens (B, HW, C); q from the tokens, k and v from the tokens or
+        # the context; _split_heads; F.scaled_dot_product_attention; merge the heads; to_out[0]; back to
+        # (B, C, H, W); add x and divide by rescale_output_factor: result.
+        # BEGIN SOLUTION ex07.3: tokens, q/k/v in heads, attention, merge, project, residual
         normed = x if self.group_norm is None else self.group_norm(x)
         tokens = normed.reshape(b, c, h * w).transpose(1, 2)  # (B, HW, C)
         source = tokens if context is None else context  # (B, L, C or context_dim)
@@ -57,7 +63,9 @@ class _PixelAttention(Module):
         heads = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, d)
         merged = heads.transpose(1, 2).reshape(b, h * w, -1)  # (B, HW, inner)
         out = self.to_out[0](merged).transpose(1, 2).reshape(b, c, h, w)  # (B, C, H, W)
-        return (out + x) / self.rescale_output_factor
+        result = (out + x) / self.rescale_output_factor
+        # END SOLUTION
+        return result
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, heads={self.heads}"

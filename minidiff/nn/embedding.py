@@ -15,10 +15,12 @@ import numpy as np
 
 from minidiff import functional as F
 from minidiff.autodiff.tensor import Tensor
+from minidiff.exercise_tools import exercise
 from minidiff.nn.layers import Linear, SiLU, _float_dtype, _generator, _positive_int
 from minidiff.nn.module import Module, Parameter
 
 
+@exercise("ex07.1")
 def timestep_embedding(t: Any, dim: int, *, flip_sin_to_cos: bool = False, freq_shift: float = 1,
                        max_period: float = 10000) -> np.ndarray:
     """[E43] emb(t) = [sin(t w_0), ..., sin(t w_{h-1}), cos(t w_0), ..., cos(t w_{h-1})],
@@ -36,12 +38,17 @@ def timestep_embedding(t: Any, dim: int, *, flip_sin_to_cos: bool = False, freq_
     half = dim // 2
     if half - freq_shift == 0:
         raise ValueError(f"freq_shift: must differ from dim // 2 = {half} (it divides by their difference)")
+    # Frequencies w_i for i = 0..h-1, angles t w_i (B, h) in float64, sines and cosines side by side
+    # (cosines first when flip_sin_to_cos), a zero column when dim is odd; name the result emb.
+    # BEGIN SOLUTION ex07.1: frequencies (h,), angles (B, h), [sin, cos] (or flipped), emb (B, dim)
     freqs = np.exp(-math.log(max_period) * np.arange(half) / (half - freq_shift))  # (h,)
     angles = t.astype(np.float64)[:, None] * freqs[None, :]  # (B, h)
     parts = [np.cos(angles), np.sin(angles)] if flip_sin_to_cos else [np.sin(angles), np.cos(angles)]
     if dim % 2:
         parts.append(np.zeros((len(t), 1)))
-    return np.concatenate(parts, axis=1)  # (B, dim)
+    emb = np.concatenate(parts, axis=1)  # (B, dim)
+    # END SOLUTION
+    return emb
 
 
 def batch_timesteps(t: Any, batch: int) -> np.ndarray:

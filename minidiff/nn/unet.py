@@ -27,6 +27,7 @@ import numpy as np
 
 from minidiff import functional as F
 from minidiff.autodiff.tensor import Tensor
+from minidiff.exercise_tools import exercise
 from minidiff.nn.attention import CrossAttention, SelfAttention2d
 from minidiff.nn.embedding import Embedding, SinusoidalTimestepEmbedding, TimestepEmbedding, batch_timesteps
 from minidiff.nn.layers import (
@@ -75,7 +76,12 @@ class ResBlock(Module):
         self.conv_shortcut = Conv2d(in_channels, out_channels, 1, rng=rng, dtype=dtype) \
             if in_channels != out_channels else None
 
+    @exercise("ex07.2")
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        # norm1, SiLU, conv1; SiLU(temb) through time_emb_proj as (B, O or 2 O, 1, 1); "default": add it
+        # before norm2; "scale_shift": split it into scale and shift for adaptive_group_norm after norm2;
+        # SiLU, dropout, conv2; add the shortcut (conv_shortcut if any), divide by output_scale_factor: out.
+        # BEGIN SOLUTION ex07.2: conv1 path, time projection, norm2 with the embedding, conv2, shortcut
         h = self.conv1(F.silu(self.norm1(x)))  # (B, O, H, W)
         e = self.time_emb_proj(F.silu(temb)).reshape(*temb.shape[:1], -1, 1, 1)  # (B, O or 2 O, 1, 1)
         if self.time_scale_shift == "scale_shift":
@@ -85,7 +91,9 @@ class ResBlock(Module):
             h = self.norm2(h + e)
         h = self.conv2(self.dropout(F.silu(h)))  # (B, O, H, W)
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
-        return (shortcut + h) / self.output_scale_factor
+        out = (shortcut + h) / self.output_scale_factor
+        # END SOLUTION
+        return out
 
 
 def adaptive_group_norm(normed: Tensor, scale: Tensor, shift: Tensor) -> Tensor:

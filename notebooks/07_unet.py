@@ -1,0 +1,415 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · The network: timestep embedding, AdaGN, attention, the U-Net
+#
+# Chapters 02 to 06 treated the denoiser $\epsilon_\theta(x_t, t)$ as given: an oracle for toy data whose
+# $p_t$ we knew. For images we must *learn* it, and the network of choice since DDPM (Ho, Jain & Abbeel 2020,
+# "Denoising Diffusion Probabilistic Models") is a U-Net (Ronneberger, Fischer & Brox 2015, "U-Net:
+# Convolutional Networks for Biomedical Image Segmentation") that also receives $t$. This chapter builds it
+# piece by piece: how $t$ enters [E43], how it modulates the features [E44], how distant pixels talk [E45],
+# and how the pieces form the encoder-decoder with skip connections [E46]. It ends by checking the whole
+# network against diffusers' `UNet2DModel` and training it briefly on 8x8 digits.
+
+# %%
+import os
+import tempfile
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+import minidiff as md
+from minidiff import functional as F
+from minidiff.data import digits
+from minidiff.diffusion import NoiseSchedule, l_simple, linear_betas
+from minidiff.nn import SelfAttention2d, UNet
+from minidiff.nn.embedding import timestep_embedding
+from minidiff.nn.unet import ResBlock, adaptive_group_norm
+from minidiff.samplers import DDIMSampler
+from minidiff.train import TrainConfig, Trainer
+
+FAST = md.fast_mode()
+T = 1000
+rng = np.random.default_rng(0)
+
+
+def count(module):
+    """Number of trainable numbers in a module."""
+    return sum(p.data.size for p in module.parameters())
+
+
+# %% [markdown]
+# ## 1. Why the network needs $t$, and how to feed it
+#
+# One network serves every noise level: at $t$ near $T$ it must guess the noise of almost pure noise, near $t=1$
+# it must find a faint perturbation of a clean image. The optimal output depends on $t$ (chapter 03), so $t$ is an
+# input. A raw number is a poor input (one scale for 1 and for 1000); the Transformer's positional encoding
+# (Vaswani et al. 2017, "Attention Is All You Need"), reused by DDPM, spreads it over $h = d/2$ frequencies [E43]:
+#
+# $$\text{emb}(t) = \big[\sin(t\,w_0), \dots, \sin(t\,w_{h-1}),\ \cos(t\,w_0), \dots, \cos(t\,w_{h-1})\big],
+# \qquad w_i = \text{max\_period}^{-i/(h - \text{shift})}.$$
+#
+# The frequencies run geometrically from $w_0 = 1$ (one radian per step: tells $t$ from $t+1$) down to about
+# $10^{-4}$ (one slow turn over all $T$: tells early from late). Two facts follow line by line:
+#
+# * every pair $(\sin t w_i, \cos t w_i)$ lies on the unit circle, so $\|\text{emb}(t)\|^2 = h$ for every $t$;
+# * $\text{emb}(t)\cdot\text{emb}(t+k) = \sum_i [\sin(t w_i)\sin((t+k) w_i) + \cos(t w_i)\cos((t+k) w_i)]
+#   = \sum_i \cos(k\,w_i)$ (by $\cos(a-b) = \cos a\cos b + \sin a \sin b$): the similarity of two
+#   timesteps depends only on their distance $k$, and is largest ($= h$) at $k = 0$.
+#
+# A two-layer MLP (linear, SiLU, linear) then maps the features to the width the blocks use.
+
+# %%
+dim, half = 64, 32
+ts = np.arange(1, T + 1)
+emb = timestep_embedding(ts, dim)  # (T, dim)
+print("embedding matrix:", emb.shape)
+assert np.allclose(np.sum(emb**2, axis=1), half)  # each (sin, cos) pair is a unit vector
+freqs = np.exp(-np.log(10000) * np.arange(half) / (half - 1))
+for k in (1, 10, 100):
+    dots = np.sum(emb[:-k] * emb[k:], axis=1)  # emb(t) . emb(t + k) for every t
+    print(f"k = {k:3d}: emb(t).emb(t+k) ranges over [{dots.min():.6f}, {dots.max():.6f}];"
+          f" sum_i cos(k w_i) = {np.sum(np.cos(k * freqs)):.6f}")
+    assert np.allclose(dots, np.sum(np.cos(k * freqs)), atol=1e-9)
+
+cosine = emb @ emb.T / half  # cosine similarity of every pair of timesteps
+fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+im = axes[0].imshow(emb.T, aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, origin="lower",
+                    extent=(0.5, T + 0.5, -0.5, dim - 0.5))
+axes[0].set_xlabel("timestep t")
+axes[0].set_ylabel("feature index (sines below 32, cosines above)")
+axes[0].set_title("[E43] sinusoidal embedding emb(t)")
+fig.colorbar(im, ax=axes[0], label="feature value")
+for t0 in (100, 500, 900):
+    axes[1].plot(ts, cosine[t0 - 1], label=f"t' = {t0}")
+axes[1].set_xlabel("timestep t")
+axes[1].set_ylabel("cosine similarity of emb(t) and emb(t')")
+axes[1].set_title("nearby timesteps look alike")
+axes[1].legend()
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 2. The residual block and AdaGN
+#
+# The U-Net's unit is a residual block (He et al. 2016, "Deep Residual Learning"): two 3x3 convolutions with
+# group norm and SiLU, added to the input (through a 1x1 convolution when the channel count changes). The time
+# embedding enters between them. DDPM *adds* a projection of it to the features, one number per channel. FiLM
+# (Perez et al. 2018, "FiLM: Visual Reasoning with a General Conditioning Layer") lets a condition both *scale*
+# and *shift* features; Dhariwal & Nichol 2021 ("Diffusion Models Beat GANs on Image Synthesis") put it right
+# after the group norm and called it adaptive group norm [E44]:
+#
+# $$\text{AdaGN}(h, t) = \text{GroupNorm}(h)\,\big(1 + s(t)\big) + b(t),
+# \qquad (s, b) = \text{Linear}(\text{SiLU}(\text{emb}(t))).$$
+#
+# Why after the norm: the norm sets every group to mean 0 and variance 1, so the condition *decides* the
+# statistics. With one channel per group, channel $c$ leaves AdaGN with mean $b_c$ and standard deviation
+# $|1 + s_c|$ over the pixels; the "default" addition before the norm would be removed by that same norm. The
+# $1 +$ makes a zero-initialized projection the identity.
+
+# %%
+B, C, H, W = 2, 6, 8, 8
+h = md.tensor(rng.standard_normal((B, C, H, W)) * 3 + 1)
+scale = md.tensor(rng.standard_normal((B, C, 1, 1)) * 0.5)
+shift = md.tensor(rng.standard_normal((B, C, 1, 1)))
+out = adaptive_group_norm(F.group_norm(h, C, eps=1e-12), scale, shift).data  # one channel per group
+print("per-channel mean - shift:", np.abs(out.mean(axis=(2, 3)) - shift.data[..., 0, 0]).max())
+print("per-channel std - |1 + scale|:", np.abs(out.std(axis=(2, 3)) - np.abs(1 + scale.data[..., 0, 0])).max())
+assert np.allclose(out.mean(axis=(2, 3)), shift.data[..., 0, 0], atol=1e-8)
+assert np.allclose(out.std(axis=(2, 3)), np.abs(1 + scale.data[..., 0, 0]), atol=1e-6)
+
+temb_channels = 32
+block = ResBlock(C, 12, temb_channels, groups=3, time_scale_shift="scale_shift", rng=rng, dtype=np.float64)
+temb = md.tensor(rng.standard_normal((B, temb_channels)))
+print(block)
+print("input", h.shape, "+ time embedding", temb.shape, "->", block(h, temb).shape)
+print("time_emb_proj:", block.time_emb_proj.weight.shape, "-> scale and shift, 12 channels each")
+assert block(h, temb).shape == (B, 12, H, W)
+
+# %% [markdown]
+# ## 3. Attention at low resolution
+#
+# A 3x3 convolution sees its neighbours; a digit's top and bottom loops are far apart. Self-attention
+# (Vaswani et al. 2017) lets every pixel look at every other [E45]. The feature map $(B, C, H, W)$ becomes
+# $HW$ tokens of $C$ numbers; each token emits a query $q$, a key $k$ and a value $v$ (three linear maps), and
+#
+# $$\text{Attention}(Q, K, V) = \text{softmax}\!\left(\frac{Q K^\top}{\sqrt d}\right) V .$$
+#
+# Row $i$ of the softmax is a probability distribution over the pixels: *where pixel $i$ looks*. The $\sqrt d$
+# keeps the scores of unit variance when $q$ and $k$ have $d$ independent unit components. With several heads
+# the $C$ channels are cut into groups of $d$, each head attends on its own, the results are concatenated; then an
+# output projection and a residual connection. The cost grows as $(HW)^2$, so DDPM uses it only at 16x16 and
+# our digits U-Net at 4x4; for a clearer picture we look here at a full 8x8 grid. Cross-attention takes the
+# keys and values from another sequence (a text encoding, chapter 08) instead of the image.
+#
+# We recompute the block's output by hand from its weights (that gives us the attention map it used):
+
+# %%
+x_img, y_img = digits("train")
+channels, heads = 8, 2
+attn = SelfAttention2d(channels, attention_head_dim=channels // heads, norm_num_groups=2, rng=rng,
+                       dtype=np.float64)
+# features: the digit, its two coordinates, and random mixtures of them (a stand-in for a conv layer's output)
+yy, xx = np.mgrid[0:8, 0:8] / 7.0
+base = np.stack([x_img[0, 0], xx * 2 - 1, yy * 2 - 1])  # (3, 8, 8)
+feats = np.einsum("cd,dhw->chw", rng.standard_normal((channels, 3)), base)[None]  # (1, 8, 8, 8)
+out = attn(md.tensor(feats)).data
+
+g = feats.reshape(1, 2, -1)
+normed = ((g - g.mean(-1, keepdims=True)) / np.sqrt(g.var(-1, keepdims=True) + 1e-5)).reshape(feats.shape)
+tokens = normed.reshape(1, channels, 64).transpose(0, 2, 1)  # (B, HW, C)
+print("tokens:", tokens.shape)
+q, k, v = (tokens @ lin.weight.data.T + lin.bias.data for lin in (attn.to_q, attn.to_k, attn.to_v))
+d = channels // heads
+q, k, v = (a.reshape(1, 64, heads, d).transpose(0, 2, 1, 3) for a in (q, k, v))  # (B, heads, HW, d)
+print("q, k, v per head:", q.shape)
+scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d)  # (B, heads, HW, HW)
+probs = np.exp(scores - scores.max(-1, keepdims=True))
+probs /= probs.sum(-1, keepdims=True)
+print("attention weights:", probs.shape)
+merged = (probs @ v).transpose(0, 2, 1, 3).reshape(1, 64, channels)  # (B, HW, C)
+by_hand = (merged @ attn.to_out[0].weight.data.T + attn.to_out[0].bias.data).transpose(0, 2, 1).reshape(feats.shape)
+by_hand = by_hand + feats
+print("largest |module - by hand|:", np.abs(out - by_hand).max())
+assert np.abs(out - by_hand).max() < 1e-10
+assert np.allclose(probs.sum(-1), 1.0)
+
+query = 3 * 8 + 3  # pixel (row 3, column 3)
+fig, axes = plt.subplots(1, 3, figsize=(12.5, 3.6))
+axes[0].imshow(x_img[0, 0], cmap="gray_r")
+axes[0].plot(3, 3, "r+", markersize=14, label="query pixel")
+axes[0].set_title(f"input digit (label {y_img[0]})")
+axes[0].legend(loc="lower right", fontsize=8)
+for i in range(heads):
+    im = axes[i + 1].imshow(probs[0, i, query].reshape(8, 8), cmap="viridis")
+    axes[i + 1].plot(3, 3, "r+", markersize=14)
+    axes[i + 1].set_title(f"head {i}: weights of pixel (3, 3)")
+    fig.colorbar(im, ax=axes[i + 1], label="attention weight")
+for ax in axes:
+    ax.set_xlabel("column")
+    ax.set_ylabel("row")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The weights here are untrained, so the maps show only what the random projections happen to prefer; each
+# head's map sums to one and the two heads look at different places, which is what several heads buy.
+
+# %% [markdown]
+# ## 4. The U-Net assembled
+#
+# The U-Net [E46] is an encoder that halves the resolution level by level and doubles the channels, a middle
+# block at the lowest resolution (residual, attention, residual), and a decoder that mirrors the encoder. What
+# makes it a *U*: every output of the encoder is kept and handed to the decoder at the same resolution,
+# concatenated to its input along the channels (Ronneberger et al. 2015). The fine detail needed to predict the
+# noise of each pixel travels along these skips; the coarse path decides the content. Ho et al. 2020 added the
+# time embedding to every residual block and attention at one low resolution.
+#
+# minidiff's `UNet` speaks diffusers' `UNet2DModel` vocabulary (`block_out_channels`, `down_block_types`, ...).
+# We follow one input through it and print the shape after every block, and each skip as it is pushed:
+
+# %%
+config = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
+              down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+              attention_head_dim=8, norm_num_groups=8)
+unet = UNet(**config, rng=np.random.default_rng(1))
+x = md.tensor(x_img[:2])
+t_in = np.array([10, 500])
+with md.no_grad():
+    temb = unet.time_embedding(unet.time_proj(t_in))
+    print(f"{'time embedding':<26}{temb.shape!s:<18}")
+    h = unet.conv_in(x)
+    skips = [h]
+    print(f"{'conv_in':<26}{h.shape!s:<18}skip {h.shape}")
+    for i, blk in enumerate(unet.down_blocks):
+        before = len(skips)
+        h = blk(h, temb, None, skips)
+        pushed = ", ".join(str(s.shape) for s in skips[before:])
+        print(f"{f'down_blocks.{i}':<26}{h.shape!s:<18}skips {pushed}")
+    h = unet.mid_block(h, temb, None)
+    print(f"{'mid_block':<26}{h.shape!s:<18}")
+    for i, blk in enumerate(unet.up_blocks):
+        used = ", ".join(str(s.shape) for s in skips[-len(blk.resnets):][::-1])
+        h = blk(h, temb, None, skips)
+        print(f"{f'up_blocks.{i}':<26}{h.shape!s:<18}used skips {used}")
+    h = unet.conv_out(unet.conv_act(unet.conv_norm_out(h)))
+    print(f"{'conv_out':<26}{h.shape!s:<18}")
+    assert not skips  # every skip pushed was used once
+    assert np.array_equal(h.data, unet(x, t_in).data)  # the walk is the forward pass
+
+print()
+parts = ["conv_in", "time_embedding", "down_blocks", "mid_block", "up_blocks", "conv_norm_out", "conv_out"]
+for name in parts:
+    print(f"{name:<16}{count(getattr(unet, name)):>8,d} parameters")
+print(f"{'total':<16}{count(unet):>8,d}")
+assert sum(count(getattr(unet, n)) for n in parts) == count(unet)
+
+# %% [markdown]
+# The decoder has more parameters than the encoder: its residual blocks read the concatenation of two
+# feature maps, and each up level has one block more (one per skip).
+#
+# ## 5. Side by side with diffusers' UNet2DModel
+#
+# Because the configuration and the parameter names are diffusers', its `UNet2DModel` built from the same
+# config accepts minidiff's state dict as is. Same weights, same input, same $t$: the outputs must agree to
+# float32 rounding (diffusers computes the sinusoidal features in float32, so large $t$ costs a few ulps).
+
+# %%
+try:
+    import torch
+    from diffusers import UNet2DModel
+except ImportError:
+    if os.environ.get("MINIDIFF_REQUIRE_TORCH") == "1":
+        raise
+    torch = None
+    print("`pip install diffusers torch` shows the comparison with diffusers' UNet2DModel here")
+
+if torch is not None:
+    twin = UNet2DModel(**{k: v for k, v in unet.config.items() if k != "cross_attention_dim"}).eval()
+    twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in unet.state_dict().items()}, strict=True)
+    print("diffusers parameters:", sum(p.numel() for p in twin.parameters()), "  minidiff:", count(unet))
+    assert sum(p.numel() for p in twin.parameters()) == count(unet)
+    xs = rng.standard_normal((4, 1, 8, 8)).astype(np.float32)
+    t_cmp = np.array([1, 10, 250, 999])
+    with md.no_grad():
+        ours = unet(md.tensor(xs), t_cmp).data
+    with torch.no_grad():
+        theirs = twin(torch.from_numpy(xs), torch.from_numpy(t_cmp)).sample.numpy()
+    diff = np.abs(ours - theirs).max()
+    print(f"largest |minidiff - diffusers| = {diff:.1e} (outputs of size {np.abs(theirs).max():.2f})")
+    assert diff < 1e-4 * (1 + np.abs(theirs).max())
+
+# %% [markdown]
+# ## 6. A short training on digits
+#
+# The `Trainer` runs the loop of chapter 04's $L_\text{simple}$ [E15]: draw $t$ uniformly and
+# $\epsilon \sim \mathcal N(0, I)$, form $x_t = \sqrt{\bar\alpha_t}\,x_0 + \sqrt{1-\bar\alpha_t}\,\epsilon$, predict
+# $\epsilon$, take the mean squared error, backpropagate, clip, step AdamW, update the EMA. A network that outputs
+# zero scores $E\|\epsilon\|^2/D = 1$: the trivial predictor's loss. We measure the loss on a fixed held-out batch
+# (fixed $t$ and noise) before and after training. In fast mode a tiny net takes a handful of steps, enough to
+# see the loss fall but not to draw digits; the full run takes a couple of minutes.
+
+# %%
+steps = 3 if FAST else 40
+train_config = dict(config, block_out_channels=(8, 16), norm_num_groups=4) if FAST else config
+net = UNet(**train_config, rng=np.random.default_rng(2))
+schedule = NoiseSchedule(linear_betas(T))
+x_test, _ = digits("test")
+x_eval = x_test[: 32 if FAST else 256]
+
+
+def eval_loss(model):
+    """L_simple on the held-out batch with fixed t and noise (the same draws every call)."""
+    with md.no_grad():
+        loss = l_simple(schedule, lambda xt, t: model(md.tensor(xt.astype(np.float32)), t), x_eval,
+                        rng=np.random.default_rng(123))
+    return float(loss.item())
+
+
+before = eval_loss(net)
+out_dir = tempfile.mkdtemp(prefix="minidiff_ch07_")
+trainer = Trainer(net, TrainConfig(steps=steps, batch_size=16 if FAST else 32, lr=2e-3, warmup_steps=0,
+                                   ema_decay=0.9, checkpoint_every=10_000, log_every=1, num_train_timesteps=T),
+                  x_img, out_dir, show_progress=False)
+result = trainer.train()
+after = eval_loss(net)
+print(f"held-out loss: {before:.3f} before, {after:.3f} after {steps} steps (trivial predictor: 1.0)")
+assert after < before and after < 1.0
+if not FAST:
+    assert after < 0.5  # well below the trivial predictor's 1.0
+
+fig, ax = plt.subplots(figsize=(6, 3.5))
+ax.plot(np.arange(1, len(result.losses) + 1), result.losses, label="training batch loss")
+ax.axhline(1.0, color="gray", linestyle="--", label="trivial predictor (output 0)")
+ax.axhline(after, color="C1", linestyle=":", label="held-out loss after training")
+ax.set_xlabel("step")
+ax.set_ylabel("L_simple (mean squared error)")
+ax.set_title("training the U-Net on 8x8 digits")
+ax.legend()
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Sampling uses the EMA weights (chapter 04's Polyak average) and DDIM (chapter 06, $\eta = 0$) with few steps.
+
+# %%
+trainer.ema.copy_to(net)
+n_side = 4 if FAST else 6
+sampler = DDIMSampler(schedule)
+with md.no_grad():
+    samples = sampler.sample(lambda xt, t: net(md.tensor(xt), t).data, (n_side**2, 1, 8, 8),
+                             np.random.default_rng(7), num_inference_steps=4 if FAST else 20, progress=False)
+print("samples:", samples.shape, f"pixel range [{samples.min():.2f}, {samples.max():.2f}]")
+assert np.all(np.isfinite(samples))
+
+
+def grid(images, n):
+    """(n*n, 1, 8, 8) -> one (9n+1, 9n+1) image with a 1-pixel border."""
+    canvas = np.zeros((9 * n + 1, 9 * n + 1))  # gray borders
+    for i, img in enumerate(images[: n * n]):
+        r, c = divmod(i, n)
+        canvas[1 + 9 * r: 9 * r + 9, 1 + 9 * c: 9 * c + 9] = img[0]
+    return canvas
+
+
+fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
+for ax, images, title in ((axes[0], x_img, "training digits"),
+                          (axes[1], np.clip(samples, -1, 1), f"DDIM samples after {steps} steps of training")):
+    im = ax.imshow(grid(images, n_side), cmap="gray", vmin=-1, vmax=1)
+    ax.set_title(title)
+    ax.set_xlabel("pixel column")
+    ax.set_ylabel("pixel row")
+    fig.colorbar(im, ax=ax, label="pixel value", fraction=0.046)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# A few dozen steps are far from converged: the loss has fallen, but the samples are not digits yet (a good
+# digits model trains for thousands of steps; `python -m minidiff train` runs such trainings with checkpoints).
+#
+# ## Summary
+#
+# * The timestep enters as sinusoidal features [E43] (Vaswani et al. 2017; Ho et al. 2020): unit-length
+#   $(\sin, \cos)$ pairs over geometric frequencies, whose dot products depend only on the distance between
+#   timesteps, then an MLP.
+# * Residual blocks receive the embedding either added before the second group norm (DDPM) or as AdaGN [E44],
+#   a FiLM-style scale and shift after it (Perez et al. 2018; Dhariwal & Nichol 2021): the condition sets the
+#   per-channel mean and spread.
+# * Self-attention [E45] (Vaswani et al. 2017) lets every pixel weigh every other, head by head, at a low
+#   resolution where $(HW)^2$ is affordable; the module's output is reproduced by hand from its weights.
+# * The U-Net [E46] (Ronneberger et al. 2015) keeps every encoder output as a skip for the decoder at the same
+#   resolution; minidiff's UNet matches diffusers' `UNet2DModel` by state dict, to float32 rounding.
+# * A short training with the `Trainer` lowers $L_\text{simple}$ below the trivial predictor's 1.0 on held-out
+#   digits; DDIM samples from the EMA weights.
+#
+# ## Exercises
+#
+# Open `minidiff/exercises/ch07.py` and fill in:
+#
+# * **7.1** `timestep_embedding(t, dim, ...)`: the frequencies, the angles $t\,w_i$ as a (B, h) array, the
+#   sines and cosines side by side (flipped on request) and a zero column for an odd `dim` [E43].
+# * **7.2** `ResBlock.forward(x, temb)`: the block's order of operations, with the embedding added before
+#   `norm2` or split into scale and shift for `adaptive_group_norm` after it [E44], the shortcut and the output
+#   scale.
+# * **7.3** `_PixelAttention._attend(x, context)` (used by `SelfAttention2d` and `CrossAttention`): pixels to
+#   tokens, queries, keys and values split into heads, attention, heads merged, output projection, residual [E45].
+# * **7.4** `Trainer.train_step(batch)`: the heart of a training step: zeroed gradients, the objective's loss,
+#   backward, gradient clipping, the optimizer step.
+#
+# Grade them with `pytest --student -m ch07`. 7.1: the closed form for small dims and diffusers'
+# `get_timestep_embedding`. 7.2: AdaGN with scale $-1$ leaves only the shortcut and conv2's bias; the "default"
+# embedding is normalized away with one channel per group; diffusers' `ResnetBlock2D` (outputs and gradients).
+# 7.3: attention written out head by head in NumPy, and diffusers' `Attention`. 7.4: the returned loss and the
+# gradient norm equal a replay of the same draws, the weights move downhill, the loss has the value of the
+# targets the model saw, and training reaches the known optimum of Gaussian data.
