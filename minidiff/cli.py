@@ -1,10 +1,50 @@
-"""`python -m minidiff COMMAND`: info, exercises (and demo, train, sample, bench as they arrive)."""
+"""`python -m minidiff COMMAND`: info, exercises, demo (the main job), train, sample, eval.
+
+    python -m minidiff demo                                   # ~5 minutes: train on digits, sample, judge
+    python -m minidiff train --dataset moons --steps 2000 --out runs/moons
+    python -m minidiff sample --checkpoint runs/moons --sampler ddim --steps 50 --n 2000 --out runs/moons/samples
+    python -m minidiff eval --checkpoint runs/moons
+
+Errors of the user's making (bad arguments, a missing dataset, an unwritable folder, a checkpoint that does
+not fit) end with one line on stderr and exit code 1 (argparse's own errors: 2); Ctrl-C during training
+saves a checkpoint and exits with 130.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+IMAGE_DATASETS = ("digits", "fashion_mnist")
+TOY_DATASETS = ("moons", "swiss_roll", "eight_gaussians", "checkerboard", "spirals")
+MODELS = ("unet", "mlp")
+OBJECTIVES = ("epsilon", "sample", "v_prediction", "flow")
+SAMPLERS = ("ddpm", "ddim", "dpm", "euler", "heun")
+TOY_POINTS = 20000  # the size of a 2-D training set
+# Training defaults by kind of data (the flags override them): those of the 2-D benchmark and of the demo.
+TRAIN_DEFAULTS = {"points": {"schedule": "linear", "batch_size": 256, "lr": 2e-3, "ema_decay": 0.995},
+                  "images": {"schedule": "cosine", "batch_size": 64, "lr": 2e-3, "ema_decay": 0.99}}
+EXIT_INTERRUPTED = 130
+
+
+class CLIError(Exception):
+    """A problem to report in one line on stderr (exit code 1)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, reporting a bad argument in one line (not the usage block) with exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# --- info and exercises -----------------------------------------------------------------------------------
 
 
 def _info(_: argparse.Namespace) -> int:
@@ -29,27 +69,355 @@ def _exercises(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_yet(command: str, issue: str) -> Callable[[argparse.Namespace], int]:
-    def run(_: argparse.Namespace) -> int:
-        print(f"`python -m minidiff {command}` is not available yet: it arrives with {issue}.", file=sys.stderr)
-        return 2
+# --- shared helpers ---------------------------------------------------------------------------------------
 
-    return run
+
+def _writable_folder(path: str) -> Path:
+    """Create the folder `path` (and its parents) and check that files can be created in it."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".minidiff-write-test"
+        probe.touch()
+        probe.unlink()
+    except OSError as e:
+        raise CLIError(f"--out: cannot write into {folder}: {e.strerror or e}") from None
+    return folder
+
+
+def _dataset(name: str, seed: int) -> tuple[np.ndarray, ...]:
+    """The training data of a dataset by name: images (N, 1, H, W) for digits and Fashion-MNIST, points
+    (TOY_POINTS, 2) float32 drawn with `seed` for a 2-D toy (the same seed gives the same set)."""
+    from minidiff import data
+
+    if name == "digits":
+        return (data.digits("train")[0],)
+    if name == "fashion_mnist":
+        return (data.fashion_mnist("train")[0],)
+    sampler = getattr(data, name)
+    return (sampler(TOY_POINTS, np.random.default_rng(seed), dtype=np.float32),)
+
+
+def _build_model(kind: str, dataset: str, x: np.ndarray, seed: int) -> Any:
+    from minidiff.nn.mlp import MLPDenoiser
+    from minidiff.nn.unet import UNet
+
+    image = dataset in IMAGE_DATASETS
+    if image != (kind == "unet"):
+        wanted = "unet" if image else "mlp"
+        what = "images" if image else "2-D points"
+        raise CLIError(f"--model: the {dataset} dataset ({what}) needs --model {wanted}, got {kind}")
+    rng = np.random.default_rng(seed)
+    if kind == "mlp":
+        return MLPDenoiser(dim=x.shape[1], hidden=128, layers=3, rng=rng)
+    return UNet(sample_size=x.shape[-1], in_channels=x.shape[1], out_channels=x.shape[1], block_out_channels=(32, 64),
+                layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "UpBlock2D"), attention_head_dim=None, norm_num_groups=8, rng=rng)
+
+
+def _load(path: str) -> tuple[Any, Any, str]:
+    """(checkpoint, model with the EMA weights in eval mode, dataset name) of a training output folder."""
+    from minidiff.train import build_model, load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt)
+    try:
+        model.load_state_dict(ckpt.model_state_dict(ema=True))
+    except (TypeError, ValueError, KeyError) as e:
+        raise CLIError(f"--checkpoint: {ckpt.path}: its weights do not fit its model ({e})") from None
+    dataset = (ckpt.meta["data"].get("description") or {}).get("dataset")
+    if dataset not in IMAGE_DATASETS + TOY_DATASETS:
+        raise CLIError(f"--checkpoint: {ckpt.path} was not trained by `python -m minidiff train` or `demo` "
+                       "(its data description names no known dataset)")
+    return ckpt, model, dataset
+
+
+def _sampler(name: str, ckpt: Any, dataset: str) -> Any:
+    from minidiff import samplers
+    from minidiff.diffusion.schedules import NoiseSchedule
+
+    config = ckpt.config
+    if config.objective == "flow":
+        flow = {"euler": samplers.FlowMatchEulerSampler, "heun": samplers.FlowMatchHeunSampler}
+        if name not in flow:
+            raise CLIError(f"--sampler: a flow-matching model samples with euler or heun, got {name}")
+        return flow[name]()
+    schedule = NoiseSchedule.named(config.schedule, config.num_train_timesteps)
+    kinds = {"ddpm": samplers.DDPMSampler, "ddim": samplers.DDIMSampler, "dpm": samplers.DPMSolverMultistepSampler,
+             "euler": samplers.EulerSampler, "heun": samplers.HeunSampler}
+    options: dict[str, Any] = {"prediction_type": config.objective}
+    if name in ("ddpm", "ddim") and dataset in TOY_DATASETS:
+        options["clip_sample"] = False  # 2-D points are not confined to [-1, 1]
+    return kinds[name](schedule, **options)
+
+
+def _network(model: Any) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    from minidiff.demo import network_fn
+
+    return network_fn(model)
+
+
+def _draw(args: argparse.Namespace, ckpt: Any, model: Any, dataset: str,
+          trajectory: bool = False) -> tuple[np.ndarray, Any]:
+    """(samples (n, ...) or with `trajectory` every step's (1 + steps, n, ...), the sampler) from the EMA model."""
+    shape = (args.n, *ckpt.meta["data"]["shape"][1:])
+    sampler = _sampler(args.sampler, ckpt, dataset)
+    return sampler.sample(_network(model), shape, np.random.default_rng(args.seed), num_inference_steps=args.steps,
+                          return_trajectory=trajectory), sampler
+
+
+# --- demo ---------------------------------------------------------------------------------------------------
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from minidiff.demo import DemoConfig, run_demo
+
+    overrides = {"num_samples": args.samples, "classifier_steps": args.classifier_steps}  # the hidden test flags
+    config = DemoConfig(**{k: v for k, v in overrides.items() if v is not None})
+    _writable_folder(args.out)
+    try:
+        run_demo(args.out, minutes=args.minutes, seed=args.seed, steps=args.steps, config=config)
+    except KeyboardInterrupt:
+        print(f"interrupted: a training checkpoint, if training had started, is saved in {args.out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+# --- train ----------------------------------------------------------------------------------------------------
+
+
+def _train(args: argparse.Namespace) -> int:
+    from minidiff.train import TrainConfig, Trainer, load_checkpoint
+
+    out = _writable_folder(args.out)
+    if args.resume:
+        ckpt = load_checkpoint(out)
+        description = ckpt.meta["data"].get("description") or {}
+        dataset, seed = description.get("dataset"), description.get("data_seed", 0)
+        if dataset not in IMAGE_DATASETS + TOY_DATASETS:
+            raise CLIError(f"--resume: {ckpt.path} was not written by `python -m minidiff train`")
+        budget = {k: v for k, v in (("steps", args.steps), ("minutes", args.minutes)) if v is not None}
+        config = TrainConfig.from_dict({**ckpt.meta["config"], **budget})
+        trainer = Trainer.resume(out, _dataset(dataset, seed), config=config, data_description=description)
+    else:
+        if args.dataset is None:
+            raise CLIError("--dataset: required for a new run (or pass --resume to continue one)")
+        x = _dataset(args.dataset, args.seed)
+        model = _build_model(args.model or ("unet" if args.dataset in IMAGE_DATASETS else "mlp"), args.dataset, x[0],
+                             args.seed)
+        defaults = TRAIN_DEFAULTS["images" if args.dataset in IMAGE_DATASETS else "points"]
+        chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
+        config = TrainConfig(objective=args.objective, num_train_timesteps=args.timesteps, steps=args.steps,
+                             minutes=args.minutes, seed=args.seed, warmup_steps=min(100, (args.steps or 1000) // 10),
+                             checkpoint_every=args.checkpoint_every, **chosen)
+        trainer = Trainer(model, config, x, out,
+                          data_description={"dataset": args.dataset, "data_seed": args.seed})
+    result = trainer.train()
+    if result.interrupted:
+        print(f"interrupted at step {result.last_step}: checkpoint saved in {out} (continue with --resume)",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    loss = f"; last loss {np.mean(result.losses[-50:]):.4g}" if result.losses else ""
+    print(f"trained steps {result.first_step}..{result.last_step}{loss}; checkpoint and log.csv in {out}")
+    return 0
+
+
+# --- sample -----------------------------------------------------------------------------------------------------
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from minidiff import viz
+    from minidiff.checkpoint import _write_atomically
+
+    ckpt, model, dataset = _load(args.checkpoint)
+    image = dataset in IMAGE_DATASETS
+    if args.gif and not image:
+        raise CLIError("--gif: the reverse-process GIF is drawn for image models only")
+    out = _writable_folder(args.out)
+    result, sampler = _draw(args, ckpt, model, dataset, trajectory=args.gif)
+    samples = result[-1] if args.gif else result
+    if image:
+        samples = np.clip(samples, -1.0, 1.0)
+    samples = samples.astype(np.float32)
+    _write_atomically(out / "samples.npy", lambda f: np.save(f, samples))
+    written = ["samples.npy"]
+    if image:
+        viz.save_image_grid(samples[:100], out / "samples.png", nrow=10, title=f"{dataset}: {args.sampler}, "
+                            f"{args.steps} steps")
+        written.append("samples.png")
+        if args.gif:
+            viz.save_reverse_process_gif(result, viz.frame_labels(sampler.timesteps), out / "reverse_process.gif")
+            written.append("reverse_process.gif")
+    else:
+        from minidiff import data
+
+        reference = getattr(data, dataset)(len(samples), np.random.default_rng(args.seed + 1))
+        viz.save_scatter(samples, reference, out / "samples.png",
+                         title=f"{dataset}: {args.sampler}, {args.steps} steps")
+        written.append("samples.png")
+    print(f"wrote {', '.join(written)} ({len(samples)} samples) into {out}")
+    return 0
+
+
+# --- eval -------------------------------------------------------------------------------------------------------
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from minidiff import metrics
+
+    ckpt, model, dataset = _load(args.checkpoint)
+    samples, _ = _draw(args, ckpt, model, dataset)
+    rng = np.random.default_rng(args.seed + 1)
+    if dataset in TOY_DATASETS:
+        from minidiff import data
+
+        report = metrics.toy_metrics(samples, getattr(data, dataset), rng)
+    else:
+        report = _image_report(args, ckpt, model, dataset, np.clip(samples, -1.0, 1.0), rng)
+    report["sampler"] = {"name": args.sampler, "steps": args.steps, "num_samples": args.n, "seed": args.seed}
+    text = json.dumps(report, indent=1)
+    if args.out:
+        from minidiff.train import _write_text
+
+        _write_text(_writable_folder(args.out) / "metrics.json", text)
+    print(text)
+    return 0
+
+
+def _image_report(args: argparse.Namespace, ckpt: Any, model: Any, dataset: str, samples: np.ndarray,
+                  rng: np.random.Generator) -> dict[str, Any]:
+    """Classifier metrics against the test split, and bits per dimension of test images (VP objectives)."""
+    from minidiff import data, metrics
+    from minidiff.demo import sample_metrics
+    from minidiff.diffusion import neg_elbo_bits_per_dim
+    from minidiff.diffusion.schedules import NoiseSchedule
+
+    loader = getattr(data, dataset)
+    (train_x, train_y), (test_x, test_y) = loader("train"), loader("test")
+    classifier, accuracy = metrics.train_classifier(train_x, train_y, rng, test=(test_x, test_y),
+                                                    steps=args.classifier_steps)
+    report = {**sample_metrics(classifier, samples, test_x, train_x), "classifier_test_accuracy": accuracy}
+    config = ckpt.config
+    if config.objective == "flow" or args.bpd_examples == 0:
+        report["bits_per_dim"] = None
+        return report
+    schedule = NoiseSchedule.named(config.schedule, config.num_train_timesteps)
+    # Fashion-MNIST is 8-bit: a discretized decoder over 256 bins. The digits have 17 grey levels, not on the
+    # 8-bit grid: their L_0 is the Gaussian decoder's density (a continuous bound, not bits of a code).
+    decoder = "discretized" if dataset == "fashion_mnist" else "gaussian"
+    estimate = neg_elbo_bits_per_dim(schedule, _network(model), test_x[:args.bpd_examples], rng=rng,
+                                     prediction_type=config.objective, decoder=decoder)
+    report["bits_per_dim"] = {"value": estimate.bits_per_dim, "stderr": estimate.standard_error,
+                              "num_examples": estimate.num_examples, "split": "test", "decoder": decoder}
+    return report
+
+
+# --- the parser ---------------------------------------------------------------------------------------------------
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}") from None
+        if not value > 0 or value != value or value == float("inf"):
+            raise argparse.ArgumentTypeError(f"expected a positive {kind.__name__}, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _nonnegative_int(text: str) -> int:
+    return 0 if text == "0" else _positive(int)(text)
+
+
+def _add_sampling_arguments(p: argparse.ArgumentParser, n: int) -> None:
+    p.add_argument("--checkpoint", required=True, help="a training output folder (or its checkpoint.json)")
+    p.add_argument("--sampler", choices=SAMPLERS, default="dpm",
+                   help="ddpm, ddim, dpm (DPM-Solver++ 2M), euler, heun (flow models: euler, heun) (default dpm)")
+    p.add_argument("--steps", type=_positive(int), default=20, help="sampling steps (default 20)")
+    p.add_argument("--n", type=_positive(int), default=n, help=f"number of samples (default {n})")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m minidiff", description=__doc__)
+    from minidiff.demo import DEFAULT_MINUTES
+
+    parser = _Parser(prog="python -m minidiff", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions, backends and how the C++ extension was built").set_defaults(run=_info)
     ex = sub.add_parser("exercises", help="regenerate the student stubs in minidiff/exercises/")
     ex.add_argument("--check", action="store_true", help="only report stubs that are out of date")
     ex.set_defaults(run=_exercises)
-    sub.add_parser("demo", help="train a small model and write samples (not yet)").set_defaults(
-        run=_not_yet("demo", "the training issue")
-    )
+
+    demo = sub.add_parser("demo", help="train a U-Net on the 8x8 digits, sample, and write pictures and metrics",
+                          description="Train a small U-Net on the 8x8 digits within a time budget, sample 300 digits "
+                          "with DPM-Solver++ (EMA weights), and write samples.png, samples.npy, reverse_process.png, "
+                          "reverse_process.gif, loss.png, metrics.json and the checkpoint into one folder.")
+    demo.add_argument("--minutes", type=_positive(float), default=DEFAULT_MINUTES,
+                      help=f"the whole demo's time budget in minutes (default {DEFAULT_MINUTES})")
+    demo.add_argument("--out", default="minidiff-demo", help="output folder (default minidiff-demo/)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    demo.add_argument("--steps", type=_positive(int), default=None, help=argparse.SUPPRESS)  # tests: a tiny run
+    demo.add_argument("--samples", type=_positive(int), default=None, help=argparse.SUPPRESS)
+    demo.add_argument("--classifier-steps", type=_positive(int), default=None, help=argparse.SUPPRESS)
+    demo.set_defaults(run=_demo)
+
+    train = sub.add_parser("train", help="train a model on a dataset, with checkpoints and a CSV log")
+    train.add_argument("--dataset", choices=IMAGE_DATASETS + TOY_DATASETS, help="the training data")
+    train.add_argument("--model", choices=MODELS, help="unet (images) or mlp (2-D points); default: the dataset's")
+    train.add_argument("--objective", choices=OBJECTIVES, default="epsilon", help="what the network predicts")
+    train.add_argument("--schedule", choices=("linear", "cosine"),
+                       help="noise schedule (VP; default: linear for 2-D points, cosine for images)")
+    train.add_argument("--timesteps", type=_positive(int), default=1000, help="T of the VP schedule (default 1000)")
+    budget = train.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=_positive(int), help="train until this step (with --resume: the new total)")
+    budget.add_argument("--minutes", type=_positive(float), help="training time in minutes")
+    train.add_argument("--out", required=True, help="output folder (checkpoint.json, weights, log.csv)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out with a new budget")
+    train.add_argument("--batch-size", type=_positive(int), help="batch size (default: 256 points, 64 images)")
+    train.add_argument("--lr", type=_positive(float), help="learning rate (default 2e-3)")
+    train.add_argument("--ema-decay", type=float, help="EMA decay (default: 0.995 points, 0.99 images)")
+    train.add_argument("--checkpoint-every", type=_positive(int), default=500, help="steps between checkpoints")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.set_defaults(run=_train)
+
+    sample = sub.add_parser("sample", help="draw samples from a checkpoint: samples.npy and a grid or scatter")
+    _add_sampling_arguments(sample, 100)
+    sample.add_argument("--out", required=True, help="output folder")
+    sample.add_argument("--gif", action="store_true", help="also write reverse_process.gif (image models)")
+    sample.set_defaults(run=_sample)
+
+    evaluate = sub.add_parser("eval", help="metrics of a checkpoint's samples (and bits per dimension for images)")
+    _add_sampling_arguments(evaluate, 500)
+    evaluate.add_argument("--bpd-examples", type=_nonnegative_int, default=32,
+                          help="test images for the bits-per-dimension bound (T model calls each; 0: skip)")
+    evaluate.add_argument("--classifier-steps", type=_positive(int), default=500,
+                          help="training steps of the feature classifier (images; default 500)")
+    evaluate.add_argument("--out", help="also write metrics.json into this folder")
+    evaluate.set_defaults(run=_eval)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    if args.command == "train" and not args.resume and args.steps is None and args.minutes is None:
+        print("python -m minidiff train: error: give a budget, --steps N or --minutes M", file=sys.stderr)
+        return 2
+    try:
+        return args.run(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (CLIError, ValueError, TypeError, FileNotFoundError, FileExistsError, OSError, ImportError) as e:
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return 1
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error) if not isinstance(error, OSError) or error.filename is None else \
+        f"{error.strerror or error}: {error.filename}"
+    return " ".join(text.split())

@@ -24,6 +24,16 @@ settings.register_profile("dev", deadline=None, max_examples=100)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_blas_thread():
+    """BLAS on one thread: the suite's matrices are small and pytest -n auto already fills the cores; two
+    BLAS threads per worker on two cores made the training tests several times slower."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("minidiff")
     group.addoption("--student", action="store_true", help="grade the stubs in minidiff/exercises/")

@@ -45,16 +45,6 @@ def transport_cost(u, v, p):
     return result.fun
 
 
-@pytest.fixture
-def one_blas_thread():
-    """Train on one BLAS thread: the matrices of these small networks are tiny, and when other jobs share the
-    cores (pytest -n auto, other users) OpenBLAS's spinning worker threads make a step 5-10x slower."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
-
-
 def unit_directions(seed, k, dim):
     """The documented draw of sliced_wasserstein: standard normals from default_rng(seed), rows normalized."""
     z = np.random.default_rng(seed).standard_normal((k, dim))
@@ -406,7 +396,6 @@ def blob_images(n, rng, size=8, classes=4, noise=0.3):
     return images.astype(np.float32), labels
 
 
-@pytest.mark.usefixtures("one_blas_thread")
 def test_classifier_learns_a_separable_problem():
     rng = np.random.default_rng(30)
     images, labels = blob_images(400, rng)
@@ -479,7 +468,6 @@ def test_random_shift_translates_each_image_within_its_background():
     assert len(seen) >= 5  # the shifts vary between images
 
 
-@pytest.mark.usefixtures("one_blas_thread")
 def test_image_metrics_report_beside_real_images():
     rng = np.random.default_rng(33)
     images, labels = blob_images(300, rng)
@@ -536,7 +524,6 @@ def test_classifier_functions_refuse_bad_input():
         metrics.Classifier(image_shape=(8, 8))
 
 
-@pytest.mark.usefixtures("one_blas_thread")
 def test_classifier_reaches_97_percent_on_the_digits():
     """The issue's bar for the classifier behind the digits metrics: >= 97% test accuracy in a few seconds."""
     from minidiff.data.images import digits
