@@ -13,7 +13,7 @@ from minidiff.backend import (
     set_num_threads,
     use_backend,
 )
-from minidiff.settings import fast_mode
+from minidiff.settings import fast_mode, optional_reference
 
 __version__ = "0.1.0"
 
@@ -35,6 +35,7 @@ __all__ = [
     "nn",
     "no_grad",
     "optim",
+    "optional_reference",
     "samplers",
     "sde",
     "set_backend",

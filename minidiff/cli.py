@@ -26,10 +26,16 @@ TOY_DATASETS = ("moons", "swiss_roll", "eight_gaussians", "checkerboard", "spira
 MODELS = ("unet", "mlp")
 OBJECTIVES = ("epsilon", "sample", "v_prediction", "flow")
 SAMPLERS = ("ddpm", "ddim", "dpm", "euler", "heun")
-TOY_POINTS = 20000  # the size of a 2-D training set
-# Training defaults by kind of data (the flags override them): those of the 2-D benchmark and of the demo.
-TRAIN_DEFAULTS = {"points": {"schedule": "linear", "batch_size": 256, "lr": 2e-3, "ema_decay": 0.995},
-                  "images": {"schedule": "cosine", "batch_size": 64, "lr": 2e-3, "ema_decay": 0.99}}
+TOY_POINTS = 100_000  # the size of a 2-D training set (as in benchmarks/bench_toy2d.py)
+# Training defaults by kind of data (the flags override them): the tuned settings of the 2-D benchmark
+# (benchmarks/bench_toy2d.py) and of the digits demo (minidiff.demo.DemoConfig), with the EMA's decay ramped up
+# (TrainConfig.ema_warmup) so that a run of any length samples from an average of its recent weights.
+TRAIN_DEFAULTS = {"points": {"objective": "epsilon", "schedule": "linear", "min_snr_gamma": None,
+                             "batch_size": 512, "lr": 2e-3, "warmup_steps": 100, "ema_decay": 0.999},
+                  "images": {"objective": "v_prediction", "schedule": "cosine", "min_snr_gamma": 5.0,
+                             "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "ema_decay": 0.99}}
+# The U-Net's channels per level by dataset (the digits': the demo's).
+UNET_CHANNELS = {"digits": (16, 32), "fashion_mnist": (32, 64)}
 EXIT_INTERRUPTED = 130
 
 
@@ -85,20 +91,25 @@ def _writable_folder(path: str) -> Path:
     return folder
 
 
-def _dataset(name: str, seed: int) -> tuple[np.ndarray, ...]:
-    """The training data of a dataset by name: images (N, 1, H, W) for digits and Fashion-MNIST, points
-    (TOY_POINTS, 2) float32 drawn with `seed` for a 2-D toy (the same seed gives the same set)."""
+def _dataset(name: str, seed: int, labels: bool = False) -> tuple[np.ndarray, ...]:
+    """The training data of a dataset by name: images (N, 1, H, W) for digits and Fashion-MNIST (with their
+    labels (N,) when `labels`), points (TOY_POINTS, 2) float32 drawn with `seed` for a 2-D toy (the same seed
+    gives the same set)."""
     from minidiff import data
 
-    if name == "digits":
-        return (data.digits("train")[0],)
-    if name == "fashion_mnist":
-        return (data.fashion_mnist("train")[0],)
+    if name in IMAGE_DATASETS:
+        images, classes = getattr(data, name)("train")
+        return (images, classes) if labels else (images,)
+    if labels:
+        raise CLIError(f"--conditional: class-conditional training needs a labelled image dataset "
+                       f"({', '.join(IMAGE_DATASETS)}), got {name}")
     sampler = getattr(data, name)
     return (sampler(TOY_POINTS, np.random.default_rng(seed), dtype=np.float32),)
 
 
-def _build_model(kind: str, dataset: str, x: np.ndarray, seed: int) -> Any:
+def _build_model(kind: str, dataset: str, x: np.ndarray, seed: int, num_classes: int | None = None) -> Any:
+    """The network for `dataset`: an MLPDenoiser for 2-D points, for images the demo's small U-Net (class-
+    conditional with num_classes + 1 class embeddings, the last one the null label, when num_classes is set)."""
     from minidiff.nn.mlp import MLPDenoiser
     from minidiff.nn.unet import UNet
 
@@ -110,9 +121,11 @@ def _build_model(kind: str, dataset: str, x: np.ndarray, seed: int) -> Any:
     rng = np.random.default_rng(seed)
     if kind == "mlp":
         return MLPDenoiser(dim=x.shape[1], hidden=128, layers=3, rng=rng)
-    return UNet(sample_size=x.shape[-1], in_channels=x.shape[1], out_channels=x.shape[1], block_out_channels=(32, 64),
-                layers_per_block=1, down_block_types=("DownBlock2D", "DownBlock2D"),
-                up_block_types=("UpBlock2D", "UpBlock2D"), attention_head_dim=None, norm_num_groups=8, rng=rng)
+    channels = UNET_CHANNELS[dataset]
+    return UNet(sample_size=x.shape[-1], in_channels=x.shape[1], out_channels=x.shape[1], block_out_channels=channels,
+                layers_per_block=1, down_block_types=("DownBlock2D",) * len(channels),
+                up_block_types=("UpBlock2D",) * len(channels), attention_head_dim=None, norm_num_groups=8,
+                num_class_embeds=None if num_classes is None else num_classes + 1, rng=rng)
 
 
 def _load(path: str) -> tuple[Any, Any, str]:
@@ -198,20 +211,18 @@ def _train(args: argparse.Namespace) -> int:
             raise CLIError(f"--resume: {ckpt.path} was not written by `python -m minidiff train`")
         budget = {k: v for k, v in (("steps", args.steps), ("minutes", args.minutes)) if v is not None}
         config = TrainConfig.from_dict({**ckpt.meta["config"], **budget})
-        trainer = Trainer.resume(out, _dataset(dataset, seed), config=config, data_description=description)
+        data = _dataset(dataset, seed, labels=ckpt.meta["data"].get("labels", False))
+        trainer = Trainer.resume(out, data, config=config, data_description=description)
     else:
         if args.dataset is None:
             raise CLIError("--dataset: required for a new run (or pass --resume to continue one)")
-        x = _dataset(args.dataset, args.seed)
-        model = _build_model(args.model or ("unet" if args.dataset in IMAGE_DATASETS else "mlp"), args.dataset, x[0],
-                             args.seed)
-        defaults = TRAIN_DEFAULTS["images" if args.dataset in IMAGE_DATASETS else "points"]
-        chosen = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in defaults.items()}
-        config = TrainConfig(objective=args.objective, num_train_timesteps=args.timesteps, steps=args.steps,
-                             minutes=args.minutes, seed=args.seed, warmup_steps=min(100, (args.steps or 1000) // 10),
-                             checkpoint_every=args.checkpoint_every, **chosen)
-        trainer = Trainer(model, config, x, out,
-                          data_description={"dataset": args.dataset, "data_seed": args.seed})
+        data = _dataset(args.dataset, args.seed, labels=args.conditional)
+        num_classes = int(data[1].max()) + 1 if args.conditional else None
+        model = _build_model(args.model or ("unet" if args.dataset in IMAGE_DATASETS else "mlp"), args.dataset,
+                             data[0], args.seed, num_classes)
+        trainer = Trainer(model, _train_config(args, num_classes), data, out,
+                          data_description={"dataset": args.dataset, "data_seed": args.seed,
+                                            "num_classes": num_classes})
     result = trainer.train()
     if result.interrupted:
         print(f"interrupted at step {result.last_step}: checkpoint saved in {out} (continue with --resume)",
@@ -220,6 +231,21 @@ def _train(args: argparse.Namespace) -> int:
     loss = f"; last loss {np.mean(result.losses[-50:]):.4g}" if result.losses else ""
     print(f"trained steps {result.first_step}..{result.last_step}{loss}; checkpoint and log.csv in {out}")
     return 0
+
+
+def _train_config(args: argparse.Namespace, num_classes: int | None) -> Any:
+    """The TrainConfig of a new run: the flags given, the dataset kind's TRAIN_DEFAULTS for the others."""
+    from minidiff.train import TrainConfig
+
+    defaults = TRAIN_DEFAULTS["images" if args.dataset in IMAGE_DATASETS else "points"]
+    chosen = {k: getattr(args, k) if getattr(args, k, None) is not None else v for k, v in defaults.items()}
+    if chosen["objective"] == "flow" or chosen["min_snr_gamma"] == 0:
+        chosen["min_snr_gamma"] = None  # min-SNR weighting is defined for the VP objectives; 0 turns it off
+    if args.steps is not None and args.warmup_steps is None:
+        chosen["warmup_steps"] = min(chosen["warmup_steps"], args.steps // 10)
+    conditional = {} if num_classes is None else {"label_dropout": args.label_dropout, "null_label": num_classes}
+    return TrainConfig(num_train_timesteps=args.timesteps, steps=args.steps, minutes=args.minutes, seed=args.seed,
+                       checkpoint_every=args.checkpoint_every, ema_warmup=True, **chosen, **conditional)
 
 
 # --- sample -----------------------------------------------------------------------------------------------------
@@ -369,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a model on a dataset, with checkpoints and a CSV log")
     train.add_argument("--dataset", choices=IMAGE_DATASETS + TOY_DATASETS, help="the training data")
     train.add_argument("--model", choices=MODELS, help="unet (images) or mlp (2-D points); default: the dataset's")
-    train.add_argument("--objective", choices=OBJECTIVES, default="epsilon", help="what the network predicts")
+    train.add_argument("--objective", choices=OBJECTIVES,
+                       help="what the network predicts (default: epsilon for 2-D points, v_prediction for images)")
     train.add_argument("--schedule", choices=("linear", "cosine"),
                        help="noise schedule (VP; default: linear for 2-D points, cosine for images)")
     train.add_argument("--timesteps", type=_positive(int), default=1000, help="T of the VP schedule (default 1000)")
@@ -378,9 +405,19 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--minutes", type=_positive(float), help="training time in minutes")
     train.add_argument("--out", required=True, help="output folder (checkpoint.json, weights, log.csv)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out with a new budget")
-    train.add_argument("--batch-size", type=_positive(int), help="batch size (default: 256 points, 64 images)")
+    train.add_argument("--batch-size", type=_positive(int), help="batch size (default: 512 points, 64 images)")
     train.add_argument("--lr", type=_positive(float), help="learning rate (default 2e-3)")
-    train.add_argument("--ema-decay", type=float, help="EMA decay (default: 0.995 points, 0.99 images)")
+    train.add_argument("--ema-decay", type=float,
+                       help="EMA decay, reached after a warmup (default: 0.999 points, 0.99 images)")
+    train.add_argument("--warmup-steps", type=_nonnegative_int, help="LR warmup steps (default: 100 points, 50 images)")
+    train.add_argument("--min-snr-gamma", type=float,
+                       help="min-SNR-gamma loss weighting of VP objectives (default: 5 for images, off for points; "
+                       "0: off)")
+    train.add_argument("--conditional", action="store_true",
+                       help="class-conditional U-Net (digits, fashion_mnist) with label dropout, for guidance")
+    train.add_argument("--label-dropout", type=float, default=0.1,
+                       help="with --conditional: the probability that a label is replaced by the null label "
+                       "(default 0.1)")
     train.add_argument("--checkpoint-every", type=_positive(int), default=500, help="steps between checkpoints")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     train.set_defaults(run=_train)

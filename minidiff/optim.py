@@ -400,15 +400,27 @@ class EMA:
     """An exponential moving average of a model's weights (Polyak averaging, as in DDPM's evaluation):
     after each `update(model)`, shadow <- decay * shadow + (1 - decay) * param for every parameter,
     and buffers are copied. The shadow starts as a copy of the model's state dict; `copy_to(model)`
-    loads it into a model of the same architecture, and `state_dict()` is a model state dict."""
+    loads it into a model of the same architecture, and `state_dict()` is a model state dict.
 
-    def __init__(self, model: Module, decay: float = 0.999) -> None:
+    An average with decay d remembers about 1 / (1 - d) updates, the random initial weights included: a
+    short run would sample from a blurred early model. warmup=True ramps the decay up instead, as diffusers'
+    EMAModel does: update k (from 0) uses min(decay, (1 + k) / (10 + k)), so the average always covers
+    roughly the most recent tenth of training until it reaches `decay`. `num_updates` counts the updates
+    (a resumed run sets it to its step).
+    """
+
+    def __init__(self, model: Module, decay: float = 0.999, warmup: bool = False) -> None:
         if not isinstance(model, Module):
             raise TypeError(f"model: expected a minidiff Module, got {type(model).__name__}")
         if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0.0 <= decay <= 1.0:
             raise ValueError(f"decay: expected a number in [0, 1], got {decay!r}")
-        self.decay = float(decay)
+        self.decay, self.warmup, self.num_updates = float(decay), bool(warmup), 0
         self.shadow = model.state_dict()
+
+    def current_decay(self) -> float:
+        """The decay the next update uses: `decay`, or with warmup min(decay, (1 + k) / (10 + k))."""
+        k = self.num_updates
+        return min(self.decay, (1.0 + k) / (10.0 + k)) if self.warmup else self.decay
 
     def _tensors_of(self, model: Module) -> dict[str, Tensor]:
         tensors = model.state_dict(keep_vars=True)
@@ -419,14 +431,17 @@ class EMA:
         return tensors
 
     def update(self, model: Module) -> None:
-        """shadow <- decay * shadow + (1 - decay) * param (in the parameter's dtype); buffers are copied."""
+        """shadow <- decay * shadow + (1 - decay) * param (in the parameter's dtype), decay = current_decay();
+        buffers are copied."""
+        decay = self.current_decay()
         for name, t in self._tensors_of(model).items():
             shadow = self.shadow[name]
             if isinstance(t, Parameter):
-                shadow *= self.decay
-                shadow += (1.0 - self.decay) * t.data
+                shadow *= decay
+                shadow += (1.0 - decay) * t.data
             else:
                 shadow[...] = t.data
+        self.num_updates += 1
 
     def copy_to(self, model: Module) -> None:
         """Load the averaged weights into `model` (for evaluation or sampling)."""

@@ -79,6 +79,7 @@ class TrainConfig:
     t ~ U{1..T}) or "flow" (t ~ flow_time_distribution: "uniform" or "logit_normal"). min_snr_gamma: None,
     or min-SNR-gamma weighting of a VP objective (Hang et al. 2023). label_dropout: the probability that a
     class label is replaced by null_label (for classifier-free guidance). grad_clip None: no clipping.
+    ema_warmup: ramp the EMA's decay up from 0.1 to ema_decay (minidiff.optim.EMA), for runs of any length.
     warmup_steps: the LR rises linearly over the first warmup_steps steps (0: constant). The run stops when
     `steps` steps are done or `minutes` have passed, whichever comes first (either may be None, not both).
     """
@@ -95,6 +96,7 @@ class TrainConfig:
     warmup_steps: int = 0
     grad_clip: float | None = 1.0
     ema_decay: float = 0.999
+    ema_warmup: bool = False
     steps: int | None = 1000
     minutes: float | None = None
     checkpoint_every: int = 500
@@ -125,6 +127,8 @@ class TrainConfig:
         for name in ("lr", "weight_decay"):
             _positive_number(getattr(self, name), name, allow_zero=True)
         _probability(self.ema_decay, "ema_decay", high_open=False)
+        if not isinstance(self.ema_warmup, bool):
+            raise TypeError(f"ema_warmup: expected True or False, got {self.ema_warmup!r}")
         _probability(self.label_dropout, "label_dropout", high_open=True)
         if self.label_dropout > 0 and self.null_label is None:
             raise ValueError("null_label: label_dropout > 0 replaces labels by the null label; give its index")
@@ -459,7 +463,7 @@ class Trainer:
         self.optimizer = AdamW(model.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
         # LinearWarmup(1) is the constant factor 1: no warmup.
         self.lr_scheduler = LRScheduler(self.optimizer, LinearWarmup(max(config.warmup_steps, 1)))
-        self.ema = EMA(model, config.ema_decay)
+        self.ema = EMA(model, config.ema_decay, warmup=config.ema_warmup)
         self.callbacks, self.clock, self.show_progress = list(callbacks), clock, show_progress
         self.step, self.elapsed_before, self.grad_norm = 0, 0.0, math.nan
         self.log_window = {"loss": 0.0, "grad_norm": 0.0, "lr": 0.0, "count": 0}  # since the last row
@@ -714,6 +718,7 @@ class Trainer:
                              f"{sorted(_model_generators(self.model))}")
         self._set_random_state(trainer_rng, model_rngs, data_state)
         self.step = self._saved_step = int(meta["step"])
+        self.ema.num_updates = self.step  # one EMA update per step
         self.elapsed_before = float(meta["elapsed_seconds"])
         self.log_window = dict(meta["log_window"])
 

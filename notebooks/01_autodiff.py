@@ -130,10 +130,7 @@ assert report.ok
 # last bits of float64.
 
 # %%
-try:
-    import torch
-except ImportError:
-    torch = None
+torch = md.optional_reference("torch", "the same gradients computed by PyTorch")
 
 if torch is not None:
     arrays = [rng.standard_normal((2, 5, 4)), rng.standard_normal((3, 4)), rng.standard_normal(3)]

@@ -26,13 +26,12 @@
 # closed form (`GaussianMixture`), so each claim can be checked against the exact answer.
 
 # %%
-import contextlib
 import math
-import os
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.colors import LogNorm
+from threadpoolctl import threadpool_limits
 
 import minidiff as md
 from minidiff import nn
@@ -47,11 +46,6 @@ from minidiff.diffusion.score import (
 )
 from minidiff.optim import Adam, CosineDecay, LRScheduler
 from minidiff.samplers.langevin import AnnealedLangevinSampler, langevin_dynamics, langevin_step
-
-try:  # optional: the small matrices of section 4 train several times faster on one BLAS thread
-    from threadpoolctl import threadpool_limits
-except ImportError:
-    threadpool_limits = None
 
 FAST = md.fast_mode()  # MINIDIFF_FAST=1 (as in CI) shrinks the sample sizes and the training run
 N = 2000 if FAST else 20000
@@ -485,7 +479,7 @@ train_steps = 400 if FAST else 3000
 optimizer = Adam(list(score_net.parameters()), lr=1e-2)
 lr_schedule = LRScheduler(optimizer, CosineDecay(train_steps))
 losses = []
-with threadpool_limits(1) if threadpool_limits is not None else contextlib.nullcontext():
+with threadpool_limits(1):  # small matrices train several times faster on one BLAS thread
     for _ in range(train_steps):
         loss = denoising_score_matching_loss(lambda v, sg: score_net(v), gmm.sample(rng, 256), sigma=sigma,
                                              rng=rng, weighted=True)
@@ -691,16 +685,12 @@ plt.show()
 # diffusers' own draw) must give the same step:
 
 # %%
-try:
+diffusers = md.optional_reference("diffusers", "the comparison with diffusers' ScoreSdeVeScheduler")
+
+if diffusers is not None:
     import torch
     from diffusers import ScoreSdeVeScheduler
-except ImportError:
-    if os.environ.get("MINIDIFF_REQUIRE_TORCH") == "1":
-        raise
-    torch = None
-    print("`pip install diffusers torch` shows the comparison with diffusers' ScoreSdeVeScheduler here")
 
-if torch is not None:
     snr, B = 0.16, 16
     level = gmm.noised(1.0, 0.5)
     x = level.sample(rng, B)  # (B, 2)

@@ -32,7 +32,6 @@
 
 # %%
 import math
-import os
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -889,16 +888,12 @@ assert np.all(3 * spreads["rademacher"] < spreads["gaussian"]) and np.all(spread
 # loops. diffusers keeps its schedule in float32, so the two agree to float32 rounding (printed), not to float64's.
 
 # %%
-try:
+diffusers = md.optional_reference("diffusers", "the comparison with diffusers' DDIMScheduler")
+
+if diffusers is not None:
     import torch
     from diffusers import DDIMScheduler
-except ImportError:
-    if os.environ.get("MINIDIFF_REQUIRE_TORCH") == "1":
-        raise
-    torch = None
-    print("`pip install diffusers torch` shows the comparison with diffusers' DDIMScheduler here")
 
-if torch is not None:
     scheduler = DDIMScheduler(clip_sample=False)
     sampler = DDIMSampler.from_config(dict(scheduler.config))
     scheduler.set_timesteps(50)

@@ -23,7 +23,6 @@
 # network against diffusers' `UNet2DModel` and training it briefly on 8x8 digits.
 
 # %%
-import os
 import tempfile
 
 import matplotlib.pyplot as plt
@@ -267,16 +266,12 @@ assert sum(count(getattr(unet, n)) for n in parts) == count(unet)
 # float32 rounding (diffusers computes the sinusoidal features in float32, so large $t$ costs a few ulps).
 
 # %%
-try:
+diffusers = md.optional_reference("diffusers", "the comparison with diffusers' UNet2DModel")
+
+if diffusers is not None:
     import torch
     from diffusers import UNet2DModel
-except ImportError:
-    if os.environ.get("MINIDIFF_REQUIRE_TORCH") == "1":
-        raise
-    torch = None
-    print("`pip install diffusers torch` shows the comparison with diffusers' UNet2DModel here")
 
-if torch is not None:
     twin = UNet2DModel(**{k: v for k, v in unet.config.items() if k != "cross_attention_dim"}).eval()
     twin.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in unet.state_dict().items()}, strict=True)
     print("diffusers parameters:", sum(p.numel() for p in twin.parameters()), "  minidiff:", count(unet))

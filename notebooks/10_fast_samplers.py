@@ -28,13 +28,12 @@
 # solver's own.
 
 # %%
-import contextlib
 import itertools
 import math
-import os
 
 import matplotlib.pyplot as plt
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 import minidiff as md
 from minidiff import nn
@@ -57,11 +56,6 @@ from minidiff.samplers.edm import (
 )
 from minidiff.samplers.flow import FlowMatchEulerSampler, FlowMatchHeunSampler
 from minidiff.samplers.sigmas import edm_preconditioning, karras_sigmas, sigma_at, sigma_table, vp_coefficients
-
-try:  # optional: the small matrices of section 6 train several times faster on one BLAS thread
-    from threadpoolctl import threadpool_limits
-except ImportError:
-    threadpool_limits = None
 
 FAST = md.fast_mode()  # MINIDIFF_FAST=1 (as in CI) shrinks the sample sizes, the training run and DDPM's chain
 N = 2000 if FAST else 10000  # samples per sampler in section 5
@@ -849,7 +843,7 @@ train_steps = 400 if FAST else 3000
 optimizer = Adam(list(flow_net.parameters()), lr=1e-2)
 lr_schedule = LRScheduler(optimizer, CosineDecay(train_steps))
 losses = []
-with threadpool_limits(1) if threadpool_limits is not None else contextlib.nullcontext():
+with threadpool_limits(1):  # small matrices train several times faster on one BLAS thread
     for _ in range(train_steps):
         loss = flow_matching_loss(flow_model, gmm.sample(rng, 512), rng=rng)
         optimizer.zero_grad()
@@ -905,16 +899,12 @@ plt.show()
 # agree to float32 precision, not to float64's.
 
 # %%
-try:
+diffusers = md.optional_reference("diffusers", "the comparison with diffusers' DPMSolverMultistepScheduler")
+
+if diffusers is not None:
     import torch
     from diffusers import DPMSolverMultistepScheduler
-except ImportError:
-    if os.environ.get("MINIDIFF_REQUIRE_TORCH") == "1":
-        raise
-    torch = None
-    print("`pip install diffusers torch` shows the comparison with diffusers' DPMSolverMultistepScheduler here")
 
-if torch is not None:
     scheduler = DPMSolverMultistepScheduler(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4,
                                             beta_end=0.02)
     scheduler.set_timesteps(20)

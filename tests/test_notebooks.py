@@ -28,3 +28,19 @@ def test_notebook_runs_in_fast_mode(path, monkeypatch):
     client = nbclient.NotebookClient(notebook, timeout=300, kernel_name="python3",
                                      resources={"metadata": {"path": str(path.parent)}})
     client.execute()
+
+
+def test_optional_reference_skips_a_missing_library_unless_ci_requires_it(monkeypatch, capsys):
+    """A notebook's comparison cell gets the module, or None and one line saying what installing it shows;
+    with MINIDIFF_REQUIRE_TORCH=1 (CI) a missing reference library is an error, never a silent skip."""
+    import json
+
+    import minidiff as md
+
+    monkeypatch.delenv("MINIDIFF_REQUIRE_TORCH", raising=False)
+    assert md.optional_reference("json", "nothing") is json
+    assert md.optional_reference("minidiff_no_such_library", "the comparison") is None
+    assert capsys.readouterr().out == "`pip install torch diffusers` shows the comparison here\n"
+    monkeypatch.setenv("MINIDIFF_REQUIRE_TORCH", "1")
+    with pytest.raises(ImportError, match="minidiff_no_such_library"):
+        md.optional_reference("minidiff_no_such_library", "the comparison")

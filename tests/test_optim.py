@@ -345,6 +345,25 @@ def test_ema_follows_its_recurrence():
     assert ema.state_dict()["seen"] == 25, "buffers are copied, not averaged"
 
 
+def test_ema_warmup_ramps_the_decay_as_diffusers_emamodel():
+    """With warmup, update k (from 0) uses d_k = min(decay, (1 + k) / (10 + k)): 0.1, 2/11, 3/12, ... until it
+    reaches decay (0.9 here from k = 80). Weights held at w: s_K = w + prod_k d_k (s_0 - w)."""
+    rng = np.random.default_rng(2)
+    model = WithBuffer(rng)
+    s0 = model.state_dict()
+    ema = optim.EMA(model, decay=0.9, warmup=True)
+    w = {name: rng.standard_normal(p.shape) for name, p in model.named_parameters()}
+    model.load_state_dict({**w, "seen": np.zeros((), np.int64)})
+    decays = [min(0.9, (1 + k) / (10 + k)) for k in range(100)]
+    assert decays[0] == 0.1 and decays[79] < 0.9 == decays[80]
+    for k in range(100):
+        assert ema.current_decay() == decays[k]
+        ema.update(model)
+    assert ema.num_updates == 100
+    for name in w:
+        assert_close(ema.state_dict()[name], w[name] + np.prod(decays) * (s0[name] - w[name]), what=name)
+
+
 def test_ema_of_constant_weights_closed_form_and_copy_to():
     """Weights held at w from shadow s_0: s_k = w + decay^k (s_0 - w)."""
     rng = np.random.default_rng(1)

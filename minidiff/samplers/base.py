@@ -331,9 +331,7 @@ class Sampler:
     @property
     def timesteps(self) -> np.ndarray:
         """The timesteps of the run, in minidiff's t (diffusers' + 1), in the order `step` takes them."""
-        if self._timesteps is None:
-            raise RuntimeError(f"{type(self).__name__}: call set_timesteps(num_inference_steps) first")
-        return self._timesteps
+        return grid_after_set_timesteps(self, self._timesteps)
 
     @property
     def init_noise_sigma(self) -> float:
@@ -438,6 +436,13 @@ class Sampler:
         if out.dtype != x.dtype and out.dtype.kind == "f":
             out = out.astype(x.dtype)
         return out
+
+
+def grid_after_set_timesteps(sampler: Any, grid: np.ndarray | None) -> np.ndarray:
+    """A grid of the run (timesteps, sigmas), which exists once set_timesteps has been called."""
+    if grid is None:
+        raise RuntimeError(f"{type(sampler).__name__}: call set_timesteps(num_inference_steps) first")
+    return grid
 
 
 def combine(x: np.ndarray, c_x: float, y: np.ndarray, c_y: float) -> np.ndarray:

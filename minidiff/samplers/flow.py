@@ -41,6 +41,7 @@ from minidiff.samplers.base import (
     a_positive_int,
     combine,
     disabled,
+    grid_after_set_timesteps,
     initial_sample,
     one_of,
 )
@@ -168,16 +169,12 @@ class FlowMatchSampler:
     @property
     def sigmas(self) -> np.ndarray:
         """The grid of the run, flow times 1 >= t_0 > ... > t_N = 0, float64 (N + 1,) (diffusers' sigmas)."""
-        if self._sigmas is None:
-            raise RuntimeError(f"{type(self).__name__}: call set_timesteps(num_inference_steps) first")
-        return self._sigmas
+        return grid_after_set_timesteps(self, self._sigmas)
 
     @property
     def timesteps(self) -> np.ndarray:
         """The flow times at which `step` is called, in order, float64."""
-        if self._timesteps is None:
-            raise RuntimeError(f"{type(self).__name__}: call set_timesteps(num_inference_steps) first")
-        return self._timesteps
+        return grid_after_set_timesteps(self, self._timesteps)
 
     def add_noise(self, original_samples: np.ndarray, noise: np.ndarray, t: Any) -> np.ndarray:
         """[E38] x_t = (1 - t) x_0 + t noise, t a flow time or one per example (diffusers' scale_noise)."""

@@ -40,6 +40,7 @@ from minidiff.samplers.base import (
     check_num_inference_steps,
     combine,
     disabled,
+    grid_after_set_timesteps,
     one_of,
     spaced_timesteps,
 )
@@ -309,9 +310,7 @@ class SigmaSampler(Sampler):
     @property
     def sigmas(self) -> np.ndarray:
         """The noise levels of the run: one per timestep, then the final one (float64)."""
-        if self._sigmas is None:
-            raise RuntimeError(f"{type(self).__name__}: call set_timesteps(num_inference_steps) first")
-        return self._sigmas
+        return grid_after_set_timesteps(self, self._sigmas)
 
     def _set_timesteps(self, n: int) -> None:
         timesteps, sigmas = self._timesteps_and_sigmas(n)
