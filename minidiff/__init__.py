@@ -3,7 +3,21 @@
 Start with the chapter notebooks (notebooks/00_quickstart.py) and `python -m minidiff info`.
 """
 
-from minidiff import autodiff, checkpoint, data, diffusion, functional, kernels, metrics, nn, optim, samplers, sde
+from minidiff import (
+    autodiff,
+    checkpoint,
+    data,
+    diffusion,
+    editing,
+    functional,
+    guidance,
+    kernels,
+    metrics,
+    nn,
+    optim,
+    samplers,
+    sde,
+)
 from minidiff.autodiff import Tensor, enable_grad, no_grad, tensor
 from minidiff.backend import (
     available_backends,
@@ -25,11 +39,13 @@ __all__ = [
     "checkpoint",
     "data",
     "diffusion",
+    "editing",
     "enable_grad",
     "fast_mode",
     "functional",
     "get_backend",
     "get_num_threads",
+    "guidance",
     "kernels",
     "metrics",
     "nn",

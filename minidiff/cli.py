@@ -1,9 +1,14 @@
-"""`python -m minidiff COMMAND`: info, exercises, demo (the main job), train, sample, eval.
+"""`python -m minidiff COMMAND`: info, exercises, demo (the main job), train, sample, eval, edit, export.
 
     python -m minidiff demo                                   # ~5 minutes: train on digits, sample, judge
     python -m minidiff train --dataset moons --steps 2000 --out runs/moons
     python -m minidiff sample --checkpoint runs/moons --sampler ddim --steps 50 --n 2000 --out runs/moons/samples
     python -m minidiff eval --checkpoint runs/moons
+    python -m minidiff train --dataset digits --conditional --minutes 5 --out runs/digits
+    python -m minidiff sample --checkpoint runs/digits --label 3 --guidance 3 --n 100 --out runs/digits/threes
+    python -m minidiff edit --checkpoint runs/digits --mode inpaint --input x.npy --mask m.npy --out runs/edit
+    python -m minidiff export --checkpoint runs/digits --sampler ddim --out runs/digits-diffusers
+    python -m minidiff sample --diffusers ddpm-cifar10 --sampler ddim --steps 50 --n 16 --out runs/cifar10
 
 Errors of the user's making (bad arguments, a missing dataset, an unwritable folder, a checkpoint that does
 not fit) end with one line on stderr and exit code 1 (argparse's own errors: 2); Ctrl-C during training
@@ -26,6 +31,10 @@ TOY_DATASETS = ("moons", "swiss_roll", "eight_gaussians", "checkerboard", "spira
 MODELS = ("unet", "mlp")
 OBJECTIVES = ("epsilon", "sample", "v_prediction", "flow")
 SAMPLERS = ("ddpm", "ddim", "dpm", "euler", "heun")
+EXPORT_SAMPLERS = ("ddpm", "ddim", "dpm")  # those a diffusers pipeline runs as minidiff does
+# The diffusers scheduler of each --sampler: `sample --diffusers` builds it on a folder's noise schedule.
+DIFFUSERS_SCHEDULERS = {"ddpm": "DDPMScheduler", "ddim": "DDIMScheduler", "dpm": "DPMSolverMultistepScheduler",
+                        "euler": "EulerDiscreteScheduler", "heun": "HeunDiscreteScheduler"}
 TOY_POINTS = 100_000  # the size of a 2-D training set (as in benchmarks/bench_toy2d.py)
 # Training defaults by kind of data (the flags override them): the tuned settings of the 2-D benchmark
 # (benchmarks/bench_toy2d.py) and of the digits demo (minidiff.demo.DemoConfig), with the EMA's decay ramped up
@@ -37,6 +46,7 @@ TRAIN_DEFAULTS = {"points": {"objective": "epsilon", "schedule": "linear", "min_
 # The U-Net's channels per level by dataset (the digits': the demo's).
 UNET_CHANNELS = {"digits": (16, 32), "fashion_mnist": (32, 64)}
 EXIT_INTERRUPTED = 130
+DEFAULT_GUIDANCE = 3.0  # classifier-free guidance scale w of `sample`, `eval` and `edit` for class-conditional models
 
 
 class CLIError(Exception):
@@ -170,13 +180,52 @@ def _network(model: Any) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     return network_fn(model)
 
 
+def _is_conditional(model: Any) -> bool:
+    return getattr(model, "class_embedding", None) is not None
+
+
+def _model_function(args: argparse.Namespace, model: Any, n: int) -> tuple[Callable[..., np.ndarray], Any]:
+    """(the model function a sampler calls, the label of each of the n samples or None). A class-conditional
+    model is guided (classifier-free, E41; with --negative-label, E42) toward --label, or toward the classes
+    in turn (0, 1, ..., 9, 0, ...) when no label is given."""
+    flags = {"--label": args.label, "--guidance": args.guidance, "--negative-label": args.negative_label}
+    if not _is_conditional(model):
+        given = [flag for flag, value in flags.items() if value is not None]
+        if given:
+            raise CLIError(f"{given[0]}: this checkpoint's model is not class-conditional (train one with "
+                           "`python -m minidiff train --conditional`)")
+        return _network(model), None
+    from minidiff import guidance
+
+    classes = model.null_class_label  # labels 0..classes-1; the null label is `classes`
+    for flag in ("--label", "--negative-label"):
+        if flags[flag] is not None and not 0 <= flags[flag] < classes:
+            raise CLIError(f"{flag}: expected a class in 0..{classes - 1}, got {flags[flag]}")
+    labels = np.full(n, args.label) if args.label is not None else np.arange(n) % classes  # (n,)
+    scale = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
+    guided = guidance.classifier_free(guidance.conditional(model), labels, scale, negative=args.negative_label)
+    return guided, labels
+
+
 def _draw(args: argparse.Namespace, ckpt: Any, model: Any, dataset: str,
-          trajectory: bool = False) -> tuple[np.ndarray, Any]:
-    """(samples (n, ...) or with `trajectory` every step's (1 + steps, n, ...), the sampler) from the EMA model."""
+          trajectory: bool = False) -> tuple[np.ndarray, Any, Any]:
+    """(samples (n, ...) or with `trajectory` every step's (1 + steps, n, ...), the sampler, the samples' labels
+    or None) from the EMA model."""
     shape = (args.n, *ckpt.meta["data"]["shape"][1:])
     sampler = _sampler(args.sampler, ckpt, dataset)
-    return sampler.sample(_network(model), shape, np.random.default_rng(args.seed), num_inference_steps=args.steps,
-                          return_trajectory=trajectory), sampler
+    function, labels = _model_function(args, model, args.n)
+    samples = sampler.sample(function, shape, np.random.default_rng(args.seed), num_inference_steps=args.steps,
+                             return_trajectory=trajectory)
+    return samples, sampler, labels
+
+
+def _grid_title(args: argparse.Namespace, dataset: str, labels: Any) -> str:
+    title = f"{dataset}: {args.sampler}, {args.steps} steps"
+    if labels is None:
+        return title
+    which = f"label {args.label}" if args.label is not None else "labels 0-9 by column"
+    negative = "" if args.negative_label is None else f", negative {args.negative_label}"
+    return f"{title}, {which}, guidance {DEFAULT_GUIDANCE if args.guidance is None else args.guidance:g}{negative}"
 
 
 # --- demo ---------------------------------------------------------------------------------------------------
@@ -255,12 +304,19 @@ def _sample(args: argparse.Namespace) -> int:
     from minidiff import viz
     from minidiff.checkpoint import _write_atomically
 
-    ckpt, model, dataset = _load(args.checkpoint)
-    image = dataset in IMAGE_DATASETS
+    if args.diffusers is not None:
+        pipe, dataset = _load_diffusers(args.diffusers), Path(args.diffusers).name
+        image = True
+    else:
+        ckpt, model, dataset = _load(args.checkpoint)
+        image = dataset in IMAGE_DATASETS
     if args.gif and not image:
         raise CLIError("--gif: the reverse-process GIF is drawn for image models only")
     out = _writable_folder(args.out)
-    result, sampler = _draw(args, ckpt, model, dataset, trajectory=args.gif)
+    if args.diffusers is not None:
+        result, sampler, labels = _draw_diffusers(args, pipe, trajectory=args.gif)
+    else:
+        result, sampler, labels = _draw(args, ckpt, model, dataset, trajectory=args.gif)
     samples = result[-1] if args.gif else result
     if image:
         samples = np.clip(samples, -1.0, 1.0)
@@ -268,9 +324,11 @@ def _sample(args: argparse.Namespace) -> int:
     _write_atomically(out / "samples.npy", lambda f: np.save(f, samples))
     written = ["samples.npy"]
     if image:
-        viz.save_image_grid(samples[:100], out / "samples.png", nrow=10, title=f"{dataset}: {args.sampler}, "
-                            f"{args.steps} steps")
+        viz.save_image_grid(samples[:100], out / "samples.png", nrow=10, title=_grid_title(args, dataset, labels))
         written.append("samples.png")
+        if labels is not None:
+            _write_atomically(out / "labels.npy", lambda f: np.save(f, labels))
+            written.append("labels.npy")
         if args.gif:
             viz.save_reverse_process_gif(result, viz.frame_labels(sampler.timesteps), out / "reverse_process.gif")
             written.append("reverse_process.gif")
@@ -285,6 +343,56 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- diffusers folders: sample --diffusers, export ----------------------------------------------------------------
+
+
+def _load_diffusers(path: str) -> Any:
+    from minidiff.interop import load_diffusers
+
+    pipe = load_diffusers(path)
+    if pipe.unet.class_embedding is not None:
+        raise CLIError(f"--diffusers: {path}'s U-Net is class-conditional (num_class_embeds = "
+                       f"{pipe.unet.config['num_class_embeds']}); sample --diffusers draws unconditional models (in "
+                       "Python: load_diffusers(path).sample(n, rng, class_labels=...))")
+    if pipe.sampler is None:
+        raise CLIError(f"--diffusers: {path} has no scheduler config (a bare UNet2DModel folder): its noise schedule "
+                       "is unknown")
+    return pipe
+
+
+def _draw_diffusers(args: argparse.Namespace, pipe: Any, trajectory: bool = False) -> tuple[np.ndarray, Any, None]:
+    """As _draw, from a diffusers folder's U-Net: the folder's own sampler when --sampler names its kind, else
+    that kind on the folder's noise schedule and prediction type."""
+    from minidiff.samplers.registry import sampler_class
+
+    kind = sampler_class(DIFFUSERS_SCHEDULERS[args.sampler])
+    sampler = pipe.sampler
+    if not isinstance(sampler, kind):
+        try:
+            sampler = kind(sampler.schedule, prediction_type=sampler.config["prediction_type"])
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise CLIError(f"--sampler: {args.sampler} cannot run {args.diffusers}'s "
+                           f"{type(pipe.sampler).__name__} model ({e})") from None
+    function, _ = _model_function(args, pipe.unet, args.n)  # (refuses the guidance flags: not conditional)
+    samples = sampler.sample(function, pipe.image_shape(args.n), np.random.default_rng(args.seed),
+                             num_inference_steps=args.steps, return_trajectory=trajectory)
+    return samples, sampler, None
+
+
+def _export(args: argparse.Namespace) -> int:
+    from minidiff.interop import PIPELINES, save_diffusers
+
+    ckpt, model, dataset = _load(args.checkpoint)
+    if ckpt.config.objective == "flow":
+        raise CLIError("--checkpoint: a flow-matching model has no diffusers pipeline that runs it as minidiff does "
+                       "(export a model trained on epsilon, sample or v_prediction)")
+    sampler = _sampler(args.sampler, ckpt, dataset)
+    path = save_diffusers(model, sampler, args.out, overwrite=args.overwrite)
+    print(f"wrote a diffusers {PIPELINES[sampler.diffusers_class]} folder (the EMA U-Net, a "
+          f"{sampler.diffusers_class}) into {path}")
+    return 0
+
+
 # --- eval -------------------------------------------------------------------------------------------------------
 
 
@@ -292,14 +400,14 @@ def _eval(args: argparse.Namespace) -> int:
     from minidiff import metrics
 
     ckpt, model, dataset = _load(args.checkpoint)
-    samples, _ = _draw(args, ckpt, model, dataset)
+    samples, _, labels = _draw(args, ckpt, model, dataset)
     rng = np.random.default_rng(args.seed + 1)
     if dataset in TOY_DATASETS:
         from minidiff import data
 
         report = metrics.toy_metrics(samples, getattr(data, dataset), rng)
     else:
-        report = _image_report(args, ckpt, model, dataset, np.clip(samples, -1.0, 1.0), rng)
+        report = _image_report(args, ckpt, model, dataset, np.clip(samples, -1.0, 1.0), labels, rng)
     report["sampler"] = {"name": args.sampler, "steps": args.steps, "num_samples": args.n, "seed": args.seed}
     text = json.dumps(report, indent=1)
     if args.out:
@@ -311,8 +419,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _image_report(args: argparse.Namespace, ckpt: Any, model: Any, dataset: str, samples: np.ndarray,
-                  rng: np.random.Generator) -> dict[str, Any]:
-    """Classifier metrics against the test split, and bits per dimension of test images (VP objectives)."""
+                  labels: Any, rng: np.random.Generator) -> dict[str, Any]:
+    """Classifier metrics against the test split (for guided samples also the fraction the classifier labels as
+    requested), and bits per dimension of test images (VP objectives; the unconditional model's for a
+    class-conditional one)."""
     from minidiff import data, metrics
     from minidiff.demo import sample_metrics
     from minidiff.diffusion import neg_elbo_bits_per_dim
@@ -323,6 +433,11 @@ def _image_report(args: argparse.Namespace, ckpt: Any, model: Any, dataset: str,
     classifier, accuracy = metrics.train_classifier(train_x, train_y, rng, test=(test_x, test_y),
                                                     steps=args.classifier_steps)
     report = {**sample_metrics(classifier, samples, test_x, train_x), "classifier_test_accuracy": accuracy}
+    if labels is not None:
+        predicted = metrics.classifier_probabilities(classifier, samples).argmax(axis=1)  # (n,)
+        report["guidance"] = {"scale": DEFAULT_GUIDANCE if args.guidance is None else args.guidance,
+                              "negative_label": args.negative_label,
+                              "fraction_classified_as_requested": float(np.mean(predicted == labels))}
     config = ckpt.config
     if config.objective == "flow" or args.bpd_examples == 0:
         report["bits_per_dim"] = None
@@ -331,11 +446,101 @@ def _image_report(args: argparse.Namespace, ckpt: Any, model: Any, dataset: str,
     # Fashion-MNIST is 8-bit: a discretized decoder over 256 bins. The digits have 17 grey levels, not on the
     # 8-bit grid: their L_0 is the Gaussian decoder's density (a continuous bound, not bits of a code).
     decoder = "discretized" if dataset == "fashion_mnist" else "gaussian"
-    estimate = neg_elbo_bits_per_dim(schedule, _network(model), test_x[:args.bpd_examples], rng=rng,
+    network = _network(model) if not _is_conditional(model) else _unconditional(model)
+    estimate = neg_elbo_bits_per_dim(schedule, network, test_x[:args.bpd_examples], rng=rng,
                                      prediction_type=config.objective, decoder=decoder)
     report["bits_per_dim"] = {"value": estimate.bits_per_dim, "stderr": estimate.standard_error,
                               "num_examples": estimate.num_examples, "split": "test", "decoder": decoder}
     return report
+
+
+def _unconditional(model: Any) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """A class-conditional model's unconditional prediction: the null label for every example."""
+    from minidiff import guidance
+
+    conditional = guidance.conditional(model)
+    return lambda x, t: conditional(x, t, np.full(len(x), model.null_class_label))
+
+
+# --- edit -------------------------------------------------------------------------------------------------------
+
+EDIT_STEPS = {"sdedit": 50, "inpaint": 250, "invert": 50}  # default sampling steps by mode
+DEFAULT_T0 = 0.5
+
+
+def _edit(args: argparse.Namespace) -> int:
+    from minidiff import viz
+    from minidiff.checkpoint import _write_atomically
+    from minidiff.data.files import read_images
+
+    _check_edit_flags(args)
+    ckpt, model, dataset = _load(args.checkpoint)
+    if dataset not in IMAGE_DATASETS:
+        raise CLIError(f"--checkpoint: edit works on image models; this one was trained on {dataset}")
+    if ckpt.config.objective == "flow":
+        raise CLIError("--checkpoint: edit needs a model of the VP objectives (epsilon, sample, v_prediction), "
+                       "not flow matching")
+    image_shape = tuple(ckpt.meta["data"]["shape"][1:])  # (C, H, W)
+    x = read_images(args.input, "--input", image_shape)  # (N, C, H, W) in [-1, 1]
+    mask = read_images(args.mask, "--mask", image_shape, mask=True) if args.mode == "inpaint" else None
+    out = _writable_folder(args.out)
+    steps = args.steps or min(EDIT_STEPS[args.mode], ckpt.config.num_train_timesteps)
+    edited, latent = _run_edit(args, ckpt, model, dataset, x, mask, steps)
+    edited = np.clip(edited, -1.0, 1.0).astype(np.float32)
+    _write_atomically(out / "edited.npy", lambda f: np.save(f, edited))
+    written = ["edited.npy"]
+    if latent is not None:
+        _write_atomically(out / "latent.npy", lambda f: np.save(f, latent.astype(np.float32)))
+        written.append("latent.npy")
+    rows = [x] if mask is None else [x, np.where(mask > 0, x, 0.0)]  # the input (and what is known of it)
+    shown = min(len(x), 10)
+    grid = np.concatenate([row[:shown] for row in [*rows, edited]])
+    caption = (f"SDEdit from t0 = {args.t0:g}" if args.mode == "sdedit" else
+               f"inpainting, resample {args.resample}" if args.mode == "inpaint" else "DDIM inversion and decoding")
+    viz.save_image_grid(grid, out / "edited.png", nrow=shown,
+                        title=f"{caption}, {steps} steps: rows input{', known' if mask is not None else ''}, edited")
+    written.append("edited.png")
+    print(f"wrote {', '.join(written)} ({len(edited)} images) into {out}")
+    return 0
+
+
+def _check_edit_flags(args: argparse.Namespace) -> None:
+    if args.mode == "inpaint" and args.mask is None:
+        raise CLIError("--mask: required with --mode inpaint (1 or white: known pixels, 0 or black: to fill)")
+    for flag, value, mode in (("--mask", args.mask, "inpaint"), ("--t0", args.t0, "sdedit")):
+        if value is not None and args.mode != mode:
+            raise CLIError(f"{flag}: only for --mode {mode}, got --mode {args.mode}")
+    if args.t0 is not None and not 0.0 <= args.t0 <= 1.0:
+        raise CLIError(f"--t0: expected the fraction of the chain in [0, 1] (0: the input, 1: a new sample), "
+                       f"got {args.t0:g}")
+    if args.mode != "inpaint" and (args.resample, args.jump) != (1, 1):
+        raise CLIError(f"--resample, --jump: only for --mode inpaint, got --mode {args.mode}")
+    if args.mode == "sdedit" and args.t0 is None:
+        args.t0 = DEFAULT_T0
+
+
+def _run_edit(args: argparse.Namespace, ckpt: Any, model: Any, dataset: str, x: np.ndarray, mask: Any,
+              steps: int) -> tuple[np.ndarray, Any]:
+    """(the edited batch, the DDIM latent for --mode invert else None)."""
+    from minidiff import editing, samplers
+    from minidiff.diffusion.schedules import NoiseSchedule
+
+    rng = np.random.default_rng(args.seed)
+    function, _ = _model_function(args, model, len(x))
+    config = ckpt.config
+    schedule = NoiseSchedule.named(config.schedule, config.num_train_timesteps)
+    if args.mode == "sdedit":
+        sampler = _sampler(args.sampler, ckpt, dataset)
+        return editing.sdedit(function, sampler, x, args.t0, rng, num_inference_steps=steps), None
+    if args.mode == "inpaint":
+        sampler = samplers.DDPMSampler(schedule, prediction_type=config.objective)
+        return editing.inpaint(function, sampler, x, mask, rng, resample=args.resample, jump=args.jump,
+                               num_inference_steps=steps), None
+    # Invert with the unconditional model (the input's class is unknown), decode with the (guided) one.
+    encoder = _unconditional(model) if _is_conditional(model) else function
+    sampler = samplers.DDIMSampler(schedule, prediction_type=config.objective, clip_sample=False)
+    inversion = editing.invert_and_edit(encoder, sampler, x, edit_model=function, num_inference_steps=steps)
+    return inversion.x, inversion.latent
 
 
 # --- the parser ---------------------------------------------------------------------------------------------------
@@ -355,17 +560,45 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def _nonnegative_int(text: str) -> int:
-    return 0 if text == "0" else _positive(int)(text)
+def _nonnegative(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return kind(0) if kind(text) == 0 else _positive(kind)(text)
+        except (ValueError, argparse.ArgumentTypeError):
+            raise argparse.ArgumentTypeError(f"expected a non-negative {kind.__name__}, got {text!r}") from None
+
+    parse.__name__ = kind.__name__
+    return parse
 
 
-def _add_sampling_arguments(p: argparse.ArgumentParser, n: int) -> None:
-    p.add_argument("--checkpoint", required=True, help="a training output folder (or its checkpoint.json)")
+_nonnegative_int = _nonnegative(int)
+
+
+def _add_sampling_arguments(p: argparse.ArgumentParser, n: int, diffusers: bool = False) -> None:
+    """diffusers: --checkpoint or --diffusers DIR (a diffusers folder), one of them required."""
+    source = p.add_mutually_exclusive_group(required=True) if diffusers else p
+    source.add_argument("--checkpoint", required=not diffusers,
+                        help="a training output folder (or its checkpoint.json)")
+    if diffusers:
+        source.add_argument("--diffusers", metavar="DIR",
+                            help="a diffusers folder (model_index.json, unet/, scheduler/) instead of --checkpoint: "
+                            "its U-Net and noise schedule, with --sampler (its own scheduler when it is of that kind)")
     p.add_argument("--sampler", choices=SAMPLERS, default="dpm",
                    help="ddpm, ddim, dpm (DPM-Solver++ 2M), euler, heun (flow models: euler, heun) (default dpm)")
     p.add_argument("--steps", type=_positive(int), default=20, help="sampling steps (default 20)")
     p.add_argument("--n", type=_positive(int), default=n, help=f"number of samples (default {n})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_guidance_arguments(p)
+
+
+def _add_guidance_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--label", type=_nonnegative_int,
+                   help="class-conditional models: the class to draw (default: every class in turn)")
+    p.add_argument("--guidance", type=_nonnegative(float),
+                   help=f"class-conditional models: the classifier-free guidance scale w (0: unconditional, 1: "
+                   f"conditional; default {DEFAULT_GUIDANCE:g})")
+    p.add_argument("--negative-label", type=_nonnegative_int,
+                   help="class-conditional models: a class to steer away from (negative conditioning)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -423,10 +656,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(run=_train)
 
     sample = sub.add_parser("sample", help="draw samples from a checkpoint: samples.npy and a grid or scatter")
-    _add_sampling_arguments(sample, 100)
+    _add_sampling_arguments(sample, 100, diffusers=True)
     sample.add_argument("--out", required=True, help="output folder")
     sample.add_argument("--gif", action="store_true", help="also write reverse_process.gif (image models)")
     sample.set_defaults(run=_sample)
+
+    export = sub.add_parser("export", help="write a checkpoint's U-Net and sampler as a diffusers pipeline folder",
+                            description="Write the EMA U-Net of a checkpoint and a sampler on its noise schedule as a "
+                            "folder that diffusers' DDPMPipeline / DDIMPipeline.from_pretrained (and its training "
+                            "example train_unconditional.py) load as it is; load_diffusers or sample --diffusers "
+                            "read it back.")
+    export.add_argument("--checkpoint", required=True, help="a training output folder (or its checkpoint.json)")
+    export.add_argument("--out", required=True, help="the diffusers folder to write")
+    export.add_argument("--sampler", choices=EXPORT_SAMPLERS, default="ddpm",
+                        help="the scheduler of the folder: ddpm (DDPMPipeline), ddim (DDIMPipeline), dpm "
+                        "(DPM-Solver++ in a DDPMPipeline) (default ddpm)")
+    export.add_argument("--overwrite", action="store_true", help="replace --out if it exists and is not empty")
+    export.set_defaults(run=_export)
 
     evaluate = sub.add_parser("eval", help="metrics of a checkpoint's samples (and bits per dimension for images)")
     _add_sampling_arguments(evaluate, 500)
@@ -436,6 +682,30 @@ def build_parser() -> argparse.ArgumentParser:
                           help="training steps of the feature classifier (images; default 500)")
     evaluate.add_argument("--out", help="also write metrics.json into this folder")
     evaluate.set_defaults(run=_eval)
+
+    edit = sub.add_parser("edit", help="edit images with a checkpoint: SDEdit, inpainting, DDIM inversion",
+                          description="Edit your own images (PNG or .npy of the model's image size) with a trained "
+                          "image model: sdedit noises them to --t0 and denoises (E49); inpaint fills where --mask "
+                          "is 0 (E50, RePaint's --resample); invert encodes them to DDIM latents and decodes "
+                          "(E33; with --label, into another class). Writes edited.npy, edited.png (and latent.npy).")
+    edit.add_argument("--checkpoint", required=True, help="a training output folder (or its checkpoint.json)")
+    edit.add_argument("--mode", choices=("sdedit", "inpaint", "invert"), required=True, help="the kind of edit")
+    edit.add_argument("--input", required=True, help="the image(s): .png, or .npy of shape (H, W), (C, H, W) or "
+                      "(N, C, H, W) in [-1, 1]")
+    edit.add_argument("--mask", help="inpaint: .png (white known, black to fill) or .npy of 1 (known) and 0")
+    edit.add_argument("--t0", type=float, help="sdedit: how far to noise, a fraction of the chain in [0, 1] "
+                      "(default 0.5)")
+    edit.add_argument("--sampler", choices=("ddpm", "ddim", "dpm"), default="ddim",
+                      help="sdedit: the sampler (default ddim); inpaint uses ddpm, invert ddim")
+    edit.add_argument("--steps", type=_positive(int),
+                      help="sampling steps (default: sdedit 50, inpaint 250, invert 50)")
+    edit.add_argument("--resample", type=_positive(int), default=1,
+                      help="inpaint: RePaint's resamplings per step (default 1: none)")
+    edit.add_argument("--jump", type=_positive(int), default=1, help="inpaint: RePaint's jump length (default 1)")
+    edit.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    edit.add_argument("--out", required=True, help="output folder")
+    _add_guidance_arguments(edit)
+    edit.set_defaults(run=_edit)
     return parser
 
 

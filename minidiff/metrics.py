@@ -439,6 +439,13 @@ def classifier_features(model: Classifier, images: Any) -> np.ndarray:
     return _evaluate(model, _images(images, "images"))[0]
 
 
+def classifier_probabilities(model: Classifier, images: Any) -> np.ndarray:
+    """The class probabilities (N, num_classes) of images (N, C, H, W), float64: argmax(axis=1) labels them."""
+    if not isinstance(model, Classifier):
+        raise TypeError(f"model: expected a minidiff.metrics.Classifier, got {type(model).__name__}")
+    return _evaluate(model, _images(images, "images"))[1]
+
+
 def _accuracy(model: Classifier, images: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(_evaluate(model, images)[1].argmax(axis=1) == labels))
 

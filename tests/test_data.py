@@ -587,3 +587,45 @@ def test_load_state_dict_refuses_a_mismatched_or_damaged_state():
     with pytest.raises(ValueError, match="PCG64"):
         loader.load_state_dict(state | {"epoch": 1, "position": 1, "rng": {"bit_generator": "MT19937"}})
     assert loader.rng.bit_generator.state == before, "a refused state must leave the loader as it was"
+
+
+# --- a user's image files ---------------------------------------------------------------------------------------
+
+
+def test_read_images_png_maps_grey_and_colour_to_the_model_scale(tmp_path):
+    """An 8-bit PNG's levels k / 255 come back as 2 k / 255 - 1 (black -1, white 1), grey for a one-channel model
+    (RGB averaged); a black-and-white PNG mask is 0 and 1; .npy arrays are taken as they are."""
+    from matplotlib import image
+
+    from minidiff.data.files import read_images
+
+    levels = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4  # (8, 8) 0..252
+    rgb = np.stack([levels, levels, levels], axis=-1)  # (8, 8, 3) grey as colour
+    image.imsave(tmp_path / "grey.png", rgb)
+    got = read_images(tmp_path / "grey.png", "input", (1, 8, 8))
+    assert got.shape == (1, 1, 8, 8) and got.dtype == np.float32
+    np.testing.assert_allclose(got[0, 0], 2 * levels.astype(np.float64) / 255 - 1, atol=1e-6)
+    image.imsave(tmp_path / "mask.png", np.stack([(levels > 100).astype(np.uint8) * 255] * 3, axis=-1))
+    np.testing.assert_array_equal(read_images(tmp_path / "mask.png", "mask", (1, 8, 8), mask=True)[0, 0],
+                                  levels > 100)
+    batch = np.random.default_rng(0).uniform(-1, 1, (3, 1, 8, 8))
+    np.save(tmp_path / "x.npy", batch)
+    np.testing.assert_array_equal(read_images(tmp_path / "x.npy", "input", (1, 8, 8)), batch.astype(np.float32))
+
+
+def test_read_images_bad_files_name_the_argument(tmp_path):
+    from minidiff.data.files import read_images
+
+    np.save(tmp_path / "big.npy", np.full((8, 8), 2.0))
+    np.save(tmp_path / "odd.npy", np.zeros((2, 8, 8)))
+    np.save(tmp_path / "text.npy", np.array(["a"]))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    cases = [("x.jpg", ValueError, "--input: expected a .png or .npy file"),
+             ("none.npy", FileNotFoundError, "--input: no such file"),
+             ("big.npy", ValueError, r"--input: expected pixel values in \[-1, 1\]"),
+             ("odd.npy", ValueError, r"--input: expected an image of shape \(8, 8\)"),
+             ("text.npy", ValueError, "--input: expected a numeric array"),
+             ("broken.png", ValueError, "--input: .* is not a readable PNG")]
+    for name, error, match in cases:
+        with pytest.raises(error, match=match):
+            read_images(tmp_path / name, "--input", (1, 8, 8))

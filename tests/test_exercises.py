@@ -5,6 +5,7 @@ reference)."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -28,12 +29,22 @@ def test_every_stub_raises_not_implemented_with_its_number():
         assert f'raise NotImplementedError("Exercise {chapter}.{number}:' in e.source
 
 
+def files_marking(exercise_id: str) -> list[str]:
+    """The test files that mention @pytest.mark.exercise(exercise_id) (collecting only those keeps each stub
+    check to a few seconds; test_correct_answers_in_the_stubs_pass collects the whole suite in student mode)."""
+    mark = re.compile(r"""exercise\(\s*["']""" + re.escape(exercise_id) + r"""["']""")
+    return [str(p) for p in sorted((ROOT / "tests").glob("test_*.py"))
+            if p.name != Path(__file__).name and mark.search(p.read_text(encoding="utf-8"))]
+
+
 @pytest.mark.parametrize("exercise_id", EXERCISE_IDS)
 def test_exercise_tests_fail_on_the_stub(exercise_id, tmp_path):
+    files = files_marking(exercise_id)
+    assert files, f"{exercise_id} has no test marked @pytest.mark.exercise({exercise_id!r})"
     report = tmp_path / "report.xml"
     env = {k: v for k, v in os.environ.items() if k != "MINIDIFF_EXERCISES"}
     cmd = [sys.executable, "-m", "pytest", "--student", "--exercise", exercise_id, "-q", "-p", "no:cacheprovider",
-           "-p", "no:xdist", f"--junitxml={report}", str(ROOT / "tests")]
+           "-p", "no:xdist", f"--junitxml={report}", *files]
     result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     # Exit 1: tests ran and failed. Anything else (2: a collection error, 5: nothing collected) means the
     # stubs broke something outside the exercise tests, which would then "fail" for the wrong reason.

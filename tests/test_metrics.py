@@ -436,6 +436,7 @@ def test_classifier_forward_matches_a_pytorch_twin(image_shape, channels):
         logits = twin["head"](features)
     assert_close(model(Tensor(x)).data, logits.numpy(), scale=np.abs(logits.numpy()).max(), what="logits")
     assert_close(metrics.classifier_features(model, x), features.numpy(), scale=features.numpy().max())
+    assert_close(metrics.classifier_probabilities(model, x), torch.softmax(logits, 1).numpy(), what="probabilities")
 
 
 def test_classifier_for_images_picks_a_level_per_halving():

@@ -2,6 +2,7 @@
 shapes and default initializations (a minidiff model and its PyTorch twin exchange state dicts)."""
 
 from minidiff.nn.attention import CrossAttention, SelfAttention2d
+from minidiff.nn.classifier import NoisyClassifier
 from minidiff.nn.embedding import Embedding, SinusoidalTimestepEmbedding, TimestepEmbedding, timestep_embedding
 from minidiff.nn.layers import (
     GELU,
@@ -35,6 +36,7 @@ __all__ = [
     "MLPDenoiser",
     "Module",
     "ModuleList",
+    "NoisyClassifier",
     "Parameter",
     "ReLU",
     "ResBlock",
