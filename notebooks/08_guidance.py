@@ -747,17 +747,16 @@ plt.show()
 # oracle follows the same trajectory as minidiff's sampler from the same $x_T$.
 
 # %%
-try:
+diffusers = md.optional_reference("diffusers", "the comparison with diffusers' guider and scheduler")
+
+if diffusers is not None:
     import torch
     from diffusers import DPMSolverMultistepScheduler
-    from diffusers.guiders import ClassifierFreeGuidance
-except ImportError:
-    if os.environ.get("MINIDIFF_REQUIRE_TORCH") == "1":
-        raise
-    torch = None
-    print("`pip install diffusers torch` shows the comparison with diffusers' guider and scheduler here")
+    from diffusers.utils import logging as diffusers_logging
 
-if torch is not None:
+    diffusers_logging.set_verbosity_error()  # its guiders announce themselves as experimental on import
+    from diffusers.guiders import ClassifierFreeGuidance
+
     batched = cond_unet(np.concatenate([x500, x500]), np.concatenate([t500, t500]),
                         np.concatenate([np.full(64, 10), test_y[:64]])).astype(np.float64)
     uncond_pred, cond_pred64 = batched[:64], batched[64:]
