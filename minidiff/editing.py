@@ -166,7 +166,7 @@ def _reverse(model: Model, sampler: Sampler, x: np.ndarray, timesteps: np.ndarra
              progress: bool, desc: str) -> np.ndarray:
     """x after the steps at `timesteps` of the sampler's run (the loop of Sampler.sample, from a given x)."""
     for t in progress_bar(timesteps, len(timesteps), desc, progress):
-        x = sampler.step(sampler._model_output(model, x, t), t, x, rng=rng).prev_sample
+        x = sampler.step(sampler.model_output(model, x, t), t, x, rng=rng).prev_sample
     return x
 
 
@@ -343,7 +343,7 @@ def inpaint(model: Model, sampler: DDPMSampler, x_known: np.ndarray, mask: Any, 
     for p, q in progress_bar(moves, len(positions) - 1, "inpaint", progress):
         t, t_next = int(levels[p]), int(levels[q])
         if q == p + 1:  # a reverse step, then the known region at its level
-            x = sampler.step(sampler._model_output(model, x, t), t, x, rng=rng).prev_sample
+            x = sampler.step(sampler.model_output(model, x, t), t, x, rng=rng).prev_sample
             x = replace_known(schedule, x, x_known, mask, t_next, noise())
         else:  # back up, by the forward process
             x = forward_jump(schedule, x, t, t_next, noise())

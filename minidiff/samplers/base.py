@@ -424,12 +424,12 @@ class Sampler:
                            lambda shape: (rng.standard_normal(shape) * self.init_noise_sigma).astype(dtype))
         trajectory = [x] if return_trajectory else None
         for t in progress_bar(timesteps, len(timesteps), type(self).__name__, progress):
-            x = self.step(self._model_output(model, x, t), t, x, rng=rng).prev_sample
+            x = self.step(self.model_output(model, x, t), t, x, rng=rng).prev_sample
             if trajectory is not None:
                 trajectory.append(x)
         return np.stack(trajectory) if trajectory is not None else x
 
-    def _model_output(self, model: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray, t: Any) -> np.ndarray:
+    def model_output(self, model: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray, t: Any) -> np.ndarray:
         """model(scale_model_input(x, t), t as shape (B,)), a float output cast to the dtype of x."""
         t_batch = np.full(x.shape[0], t, dtype=self.timesteps.dtype)
         out = np.asarray(model(self.scale_model_input(x, t), t_batch))

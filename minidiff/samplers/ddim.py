@@ -222,7 +222,7 @@ class DDIMSampler(Sampler):
         order = self.timesteps[::-1]
         trajectory = [x] if return_trajectory else None
         for t in progress_bar(order, len(order), f"{type(self).__name__}.invert", progress):
-            x = self.inverse_step(self._model_output(model, x, t), t, x)
+            x = self.inverse_step(self.model_output(model, x, t), t, x)
             if trajectory is not None:
                 trajectory.append(x)
         return np.stack(trajectory) if trajectory is not None else x
