@@ -1,4 +1,4 @@
-"""`python -m minidiff COMMAND`: info, exercises, demo (the main job), train, sample, eval, edit, export.
+"""`python -m minidiff COMMAND`: info, exercises, equations, demo (the main job), train, sample, eval, edit, export.
 
     python -m minidiff demo                                   # ~5 minutes: train on digits, sample, judge
     python -m minidiff train --dataset moons --steps 2000 --out runs/moons
@@ -80,8 +80,22 @@ def _exercises(args: argparse.Namespace) -> int:
             return 1
         print("exercise stubs are up to date")
         return 0
-    for name in exercise_tools.write_stubs():
-        print(f"wrote minidiff/exercises/{name}")
+    messages = exercise_tools.write_stubs(force=args.force)
+    print("\n".join(messages) or "exercise stubs are up to date")
+    return 0
+
+
+def _equations(args: argparse.Namespace) -> int:
+    from minidiff import equations
+
+    if args.check:
+        stale = equations.page_is_stale()
+        print(f"{equations.PAGE} is {'stale (run `python -m minidiff equations --write`)' if stale else 'up to date'}")
+        return int(stale)
+    if args.write:
+        print(f"wrote {equations.write_page().relative_to(equations.ROOT)}")
+        return 0
+    print(equations.render_text(args.ids), end="")
     return 0
 
 
@@ -610,7 +624,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="versions, backends and how the C++ extension was built").set_defaults(run=_info)
     ex = sub.add_parser("exercises", help="regenerate the student stubs in minidiff/exercises/")
     ex.add_argument("--check", action="store_true", help="only report stubs that are out of date")
+    ex.add_argument("--force", action="store_true", help="overwrite stubs even where you edited them")
     ex.set_defaults(run=_exercises)
+    eq = sub.add_parser("equations", help="the equation index: each id's formula, paper, code, tests and notebooks")
+    eq.add_argument("ids", nargs="*", help="show these ids in full (e.g. E11 E12); default: a line per id")
+    eq.add_argument("--write", action="store_true", help="regenerate docs/EQUATIONS.md")
+    eq.add_argument("--check", action="store_true", help="exit 1 when docs/EQUATIONS.md is out of date")
+    eq.set_defaults(run=_equations)
 
     demo = sub.add_parser("demo", help="train a U-Net on the 8x8 digits, sample, and write pictures and metrics",
                           description="Train a small U-Net on the 8x8 digits within a time budget, sample 300 digits "

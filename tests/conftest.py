@@ -45,8 +45,22 @@ def pytest_configure(config: pytest.Config) -> None:
     # Must happen before minidiff is imported: the @exercise decorator reads it at import time.
     if config.getoption("--student"):
         os.environ["MINIDIFF_EXERCISES"] = ",".join(config.getoption("--exercise")) or "all"
+        _kind_output(config)
     elif config.getoption("--exercise"):
         raise pytest.UsageError("--exercise goes with --student")
+
+
+def _kind_output(config: pytest.Config) -> None:
+    """Student mode: short arrays, one minimal hypothesis example, and (unless --tb is given) the score table
+    with one line per distinct failure instead of pytest's tracebacks."""
+    import numpy as np
+
+    np.set_printoptions(threshold=20, edgeitems=2, precision=5)
+    settings.register_profile("student", settings.default, report_multiple_bugs=False, print_blob=False)
+    settings.load_profile("student")
+    if config.option.tbstyle == "auto":
+        config.option.tbstyle = "no"
+        config.option.reportchars = ""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -85,3 +99,95 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if why:
             pytest.skip(f"needs a CUDA GPU: {why}")
 
+
+
+@pytest.fixture(autouse=True)
+def _grade_one_exercise_at_a_time(request: pytest.FixtureRequest):
+    """Student mode: during an exercise test only that exercise calls the student's stub; every other exercise
+    runs its reference solution, so each exercise is graded on its own."""
+    ex = request.node.get_closest_marker("exercise")
+    if ex is None or not request.config.getoption("--student"):
+        yield
+        return
+    from minidiff import exercise_tools
+
+    exercise_tools.grade_only({ex.args[0]})
+    try:
+        yield
+    finally:
+        exercise_tools.grade_only(None)
+
+
+# --- student mode: the score table --------------------------------------------------------------------------
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Student mode: tag each exercise test's report with its exercise and a short account of a failure (the
+    place in the student's stub, then the first lines of the error); xdist carries user_properties over."""
+    report = yield
+    ex = item.get_closest_marker("exercise")
+    if ex is not None and item.config.getoption("--student"):
+        report.user_properties.append(("exercise", ex.args[0]))
+        if report.failed and call.excinfo is not None:
+            report.user_properties.append(("why", _short_failure(call.excinfo)))
+    return report
+
+
+def _short_failure(excinfo: pytest.ExceptionInfo, max_lines: int = 4, width: int = 150) -> str:
+    """Where in the student's stub it failed (if there), then the first lines of the error, shortened."""
+    stub_frames = [e for e in excinfo.traceback if e.path.parent.name == "exercises" and e.path.name.startswith("ch")]
+    where = [f"at {stub_frames[-1].path.name}:{stub_frames[-1].lineno + 1}"] if stub_frames else []
+    lines = [ln.strip() if len(ln) <= width else ln.strip()[: width - 3] + "..."
+             for ln in excinfo.exconly().splitlines() if ln.strip()]
+    more = [f"... ({len(lines) - max_lines} more lines: rerun with --tb=short)"] if len(lines) > max_lines else []
+    return "\n".join([*where, *lines[:max_lines], *more])
+
+
+_SCORES: dict[str, dict[str, tuple[bool, str | None]]] = {}  # exercise id -> test node id -> (passed, why)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    props = dict(report.user_properties)
+    if "exercise" in props:
+        tests = _SCORES.setdefault(props["exercise"], {})
+        passed, why = tests.get(report.nodeid, (True, None))
+        passed = passed and not report.failed and (report.when != "call" or report.passed)
+        tests[report.nodeid] = (passed, why or props.get("why"))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """Student mode: a row per graded exercise (its function, tests passed of run, a status), then each distinct
+    failure of the exercises not yet done, once."""
+    if not config.getoption("--student") or not _SCORES:
+        return
+    from minidiff import exercise_tools
+
+    functions: dict[str, list[str]] = {}
+    for e in exercise_tools.collect():
+        functions.setdefault(e.id, []).append(e.qualname)
+    tr = terminalreporter
+    tr.section("exercise scores")
+    tr.write_line(f"{'exercise':<9} {'function':<38} {'passed':>7}  status")
+    details = []
+    for ex_id in sorted(_SCORES, key=exercise_tools.parse_id):
+        results = _SCORES[ex_id]
+        passed = sum(ok for ok, _ in results.values())
+        failures: dict[str, str] = {}  # distinct message -> the first test failing with it
+        for nodeid, (ok, why) in results.items():
+            if not ok and why:
+                failures.setdefault(why, nodeid.split("::")[-1])
+        started = not failures or not all("NotImplementedError" in w for w in failures)
+        status = "done" if passed == len(results) else f"{len(results) - passed} failing" if started else "not started"
+        function = ", ".join(functions.get(ex_id, ["?"]))
+        tr.write_line(f"{ex_id:<9} {function:<38} {f'{passed}/{len(results)}':>7}  {status}")
+        if status.endswith("failing"):
+            shown = list(failures.items())[:3]
+            details += [f"{ex_id} ({function}), {len(failures)} different failure(s):"]
+            details += [f"  {test}:\n      " + why.replace("\n", "\n      ") for why, test in shown]
+    if details:
+        tr.write_line("")
+        for line in details:
+            tr.write_line(line)
+    if config.option.tbstyle == "no":
+        tr.write_line("full tracebacks: add --tb=short (and --exercise exNN.M to grade one exercise)")
