@@ -14,6 +14,10 @@ is read by it too (`safetensors.torch.load_file` gives PyTorch tensors for a PyT
 A file is first written to a temporary file in the same directory, flushed to disk, then renamed over
 the target (os.replace): a crash leaves the old checkpoint or the new one, never half of one. Loading
 checks the whole file and raises a ValueError naming it when it is truncated or corrupt.
+
+Large published weights (a diffusers U-Net of 35.7M parameters) are read with `load(path, mmap=True,
+dtype=np.float32)`: the file is memory-mapped rather than read into memory and copied, and float16 or bfloat16
+tensors are converted to float32 (both exactly).
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ SAFETENSORS_DTYPES = {
     "I64": np.dtype("<i8"), "F16": np.dtype("<f2"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8"),
 }
 _DTYPE_NAMES = {dtype: name for name, dtype in SAFETENSORS_DTYPES.items()}
+# bfloat16 (the top 16 bits of a float32) has no NumPy dtype: `load` converts it when given a float dtype.
+BF16 = "BF16"
+_BF16_BITS = np.dtype("<u2")
 
 
 def save(state_dict: Mapping[str, np.ndarray | Tensor], path: str | os.PathLike) -> Path:
@@ -52,14 +59,30 @@ def save(state_dict: Mapping[str, np.ndarray | Tensor], path: str | os.PathLike)
     return path
 
 
-def load(path: str | os.PathLike) -> dict[str, np.ndarray]:
+def load(path: str | os.PathLike, *, mmap: bool = False, dtype: Any = None) -> dict[str, np.ndarray]:
     """Read a state dict written by `save` (or by the safetensors package, or np.savez) from `path`.
-    Raises FileNotFoundError when there is no such file and ValueError when it is truncated or corrupt."""
+    Raises FileNotFoundError when there is no such file and ValueError when it is truncated or corrupt.
+
+    mmap=True (.safetensors only): the arrays are read-only views of the memory-mapped file, paged in from
+    disk as they are read, never copied whole into memory. dtype (a float dtype): every floating-point tensor
+    (F16, BF16, F32, F64) is converted to it, integer and bool tensors are left as they are; a BF16 tensor is
+    read only this way. Without either, every array is a private copy in the dtype of the file.
+    """
     path = Path(path)
     _, read = _format(path)
+    if not isinstance(mmap, bool):
+        raise TypeError(f"mmap: expected True or False, got {mmap!r}")
+    if mmap and read is not _read_safetensors:
+        raise ValueError(f"mmap: only .safetensors files are memory-mapped, got {str(path)!r}")
+    if dtype is not None:
+        dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise TypeError(f"dtype: expected a float dtype (float16, float32 or float64) or None, got {dtype}")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return read(path)
+    if read is _read_safetensors:
+        return _read_safetensors(path, mmap=mmap, dtype=dtype)
+    return {name: _as_float(array, dtype) for name, array in read(path).items()}
 
 
 def _format(path: Path) -> tuple[Callable, Callable]:
@@ -121,19 +144,21 @@ def _write_safetensors(arrays: dict[str, np.ndarray], f: BinaryIO) -> None:
         f.write(array.tobytes())
 
 
-def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
-    data = path.read_bytes()
+def _read_safetensors(path: Path, mmap: bool = False, dtype: np.dtype | None = None) -> dict[str, np.ndarray]:
+    """The tensors of a safetensors file (see `load` for mmap and dtype), after checking the whole layout."""
 
     def corrupt(why: str) -> ValueError:
         return ValueError(f"{path}: not a valid safetensors file: {why}")
 
-    if len(data) < 8:
-        raise corrupt(f"the file has {len(data)} bytes, fewer than the 8 of the header length (truncated?)")
-    (n,) = struct.unpack_from("<Q", data)
+    size = path.stat().st_size
+    if size < 8:  # (np.memmap cannot map an empty file)
+        raise corrupt(f"the file has {size} bytes, fewer than the 8 of the header length (truncated?)")
+    data = np.memmap(path, dtype=np.uint8, mode="r") if mmap else np.frombuffer(path.read_bytes(), np.uint8)
+    (n,) = struct.unpack("<Q", data[:8].tobytes())
     if n > len(data) - 8:
         raise corrupt(f"the header length {n} exceeds the {len(data) - 8} bytes that follow (truncated?)")
     try:
-        header = json.loads(data[8:8 + n].decode("utf-8"))
+        header = json.loads(data[8:8 + n].tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise corrupt(f"the header is not UTF-8 JSON ({e})") from None
     if not isinstance(header, dict):
@@ -141,17 +166,20 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     metadata = header.pop("__metadata__", {})
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise corrupt("__metadata__ is not an object of strings")
-    body = memoryview(data)[8 + n:]
+    body = data[8 + n:]  # (bytes,) uint8
     arrays, spans = {}, []
     for name, entry in header.items():
-        dtype, shape, (begin, end) = _entry(name, entry, corrupt)
+        stored, shape, (begin, end) = _entry(name, entry, corrupt, bf16=dtype is not None)
         if not 0 <= begin <= end <= len(body):
             raise corrupt(f"{name!r}: data_offsets [{begin}, {end}] are outside the {len(body)} data bytes "
                           "(truncated?)")
-        if end - begin != math.prod(shape) * dtype.itemsize:
-            raise corrupt(f"{name!r}: data_offsets span {end - begin} bytes, but shape {shape} of {dtype} needs "
-                          f"{math.prod(shape) * dtype.itemsize}")
-        arrays[name] = np.frombuffer(body[begin:end], dtype=dtype).reshape(shape).copy()
+        if end - begin != math.prod(shape) * stored.itemsize:
+            raise corrupt(f"{name!r}: data_offsets span {end - begin} bytes, but shape {shape} of {stored} needs "
+                          f"{math.prod(shape) * stored.itemsize}")
+        array = np.asarray(body[begin:end]).view(stored).reshape(shape)  # a view of the file's bytes
+        if entry["dtype"] == BF16:
+            array = (array.astype(np.uint32) << 16).view(np.float32)  # bfloat16 is a float32's top half
+        arrays[name] = _as_float(array, dtype, copy=not mmap)  # without mmap, arrays of their own
         spans.append((begin, end))
     covered = 0
     for begin, end in sorted(spans):
@@ -163,14 +191,23 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _entry(name: str, entry: Any, corrupt: Callable[[str], ValueError]) -> tuple[np.dtype, tuple[int, ...],
-                                                                                 tuple[int, int]]:
-    """(dtype, shape, data offsets) of one header entry, checked for types."""
+def _as_float(array: np.ndarray, dtype: np.dtype | None, copy: bool = False) -> np.ndarray:
+    """array, its floating-point values converted to dtype when one is given (a copy when `copy`)."""
+    if dtype is not None and array.dtype.kind == "f":
+        return array.astype(dtype, copy=copy)
+    return array.copy() if copy else array
+
+
+def _entry(name: str, entry: Any, corrupt: Callable[[str], ValueError], bf16: bool = False) -> tuple[
+        np.dtype, tuple[int, ...], tuple[int, int]]:
+    """(the dtype of the stored bytes, shape, data offsets) of one header entry, checked for types. BF16 is
+    accepted (stored as 16-bit words) only when `bf16`."""
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise corrupt(f"{name!r}: expected an object with dtype, shape and data_offsets, got {entry!r:.100}")
-    if entry["dtype"] not in SAFETENSORS_DTYPES:
+    if entry["dtype"] not in SAFETENSORS_DTYPES and not (bf16 and entry["dtype"] == BF16):
+        hint = "; load(path, dtype=np.float32) converts BF16" if entry["dtype"] == BF16 else ""
         raise corrupt(f"{name!r}: dtype {entry['dtype']!r} is not supported "
-                      f"(expected one of {list(SAFETENSORS_DTYPES)})")
+                      f"(expected one of {list(SAFETENSORS_DTYPES)}){hint}")
     shape, offsets = entry["shape"], entry["data_offsets"]
 
     def is_count(v: Any) -> bool:
@@ -180,7 +217,8 @@ def _entry(name: str, entry: Any, corrupt: Callable[[str], ValueError]) -> tuple
         raise corrupt(f"{name!r}: shape {shape!r} is not a list of non-negative integers")
     if not isinstance(offsets, list) or len(offsets) != 2 or not all(map(is_count, offsets)):
         raise corrupt(f"{name!r}: data_offsets {offsets!r} is not a pair of non-negative integers")
-    return SAFETENSORS_DTYPES[entry["dtype"]], tuple(shape), (offsets[0], offsets[1])
+    stored = _BF16_BITS if entry["dtype"] == BF16 else SAFETENSORS_DTYPES[entry["dtype"]]
+    return stored, tuple(shape), (offsets[0], offsets[1])
 
 
 # --- npz ------------------------------------------------------------------------------------------------

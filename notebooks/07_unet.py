@@ -414,3 +414,188 @@ plt.show()
 # 7.3: attention written out head by head in NumPy, and diffusers' `Attention`. 7.4: the returned loss and the
 # gradient norm equal a replay of the same draws, the weights move downhill, the loss has the value of the
 # targets the model saw, and training reaches the known optimum of Gaussian data.
+
+# %% [markdown]
+# ## Appendix · Running a published model: diffusers folders
+#
+# Because minidiff's `UNet` speaks `UNet2DModel`'s vocabulary, the models people publish in diffusers' format run
+# here too. DDPM's own CIFAR-10 network (Ho et al. 2020), converted to diffusers as `google/ddpm-cifar10-32`
+# (35.7M parameters), is a folder as diffusers' `save_pretrained` writes it:
+#
+#     model_index.json                          the pipeline (DDPMPipeline) and its parts: unet, scheduler
+#     unet/config.json                          UNet2DModel's arguments: block_out_channels, down_block_types, ...
+#     unet/diffusion_pytorch_model.safetensors  the weights, under the state dict keys minidiff's UNet has too
+#     scheduler/scheduler_config.json           the noise schedule and the sampler's options
+#
+# `minidiff.interop.load_diffusers(folder)` reads it: the config becomes `UNet` arguments (an option minidiff does
+# not implement, a Fourier time embedding or a skip block say, is refused by name rather than mis-loaded), the
+# weights are read memory-mapped by minidiff's own safetensors reader (float16 files are upcast), the scheduler
+# config becomes a sampler through `from_config`. One thing does not carry over as it is: the count of time.
+#
+# ### The count of time, folded into one matrix
+#
+# diffusers numbers the steps $k = 0, \dots, T-1$, minidiff $t = k + 1$, so a network trained in diffusers has
+# seen $\text{emb}(k) = \text{emb}(t - 1)$. Rather than remember to call it with $t - 1$, the importer changes one
+# weight so that the network computes at $t$ what it computed at $t - 1$ [E43]. For each frequency $w_i$ the
+# angle-addition formulas give
+#
+# $$\sin((t + d) w_i) = \sin(t w_i)\cos(d w_i) + \cos(t w_i)\sin(d w_i), \qquad
+#   \cos((t + d) w_i) = \cos(t w_i)\cos(d w_i) - \sin(t w_i)\sin(d w_i),$$
+#
+# so $\text{emb}(t + d) = R_d\,\text{emb}(t)$, where $R_d$ rotates each $(\sin, \cos)$ pair by the angle $d\,w_i$
+# and does not depend on $t$. The first layer that reads the embedding is linear, $W\,\text{emb} + b$, hence
+# $(W R_d)\,\text{emb}(t) + b = W\,\text{emb}(t + d) + b$: replacing `time_embedding.linear_1.weight` by $W R_d$
+# shifts the network's clock by exactly $d$. The importer folds $d = -1$, the exporter `save_diffusers`
+# $d = +1$; every other weight moves as it is. We build $R_d$ from the two formulas and check the identity:
+
+# %%
+dim, half = 8, 4
+w = np.exp(-np.log(10000) * np.arange(half) / (half - 1))  # the frequencies of [E43] (freq_shift 1)
+d = -1.0
+rotation = np.zeros((dim, dim))  # R_d: emb(t + d) = R_d emb(t), rows and columns [sines, cosines]
+rotation[:half, :half] = rotation[half:, half:] = np.diag(np.cos(d * w))
+rotation[:half, half:] = np.diag(np.sin(d * w))  # sin((t + d) w) gains cos(t w) sin(d w)
+rotation[half:, :half] = -np.diag(np.sin(d * w))  # cos((t + d) w) loses sin(t w) sin(d w)
+t_check = np.array([1.0, 17.0, 500.0, 1000.0])
+err = np.abs(timestep_embedding(t_check + d, dim) - timestep_embedding(t_check, dim) @ rotation.T).max()
+print(f"largest |emb(t - 1) - R emb(t)| over t = {t_check.astype(int).tolist()}: {err:.1e}")
+assert err < 1e-12
+print("R is a rotation (R R^T = I):", np.allclose(rotation @ rotation.T, np.eye(dim)))
+assert np.allclose(rotation @ rotation.T, np.eye(dim))
+
+# %% [markdown]
+# ### A folder written by diffusers, read by minidiff
+#
+# A published checkpoint is a download away (below); to run in seconds we let diffusers write a small seeded
+# random `UNet2DModel` with a DDIM scheduler into a temporary folder, the way `save_pretrained` writes any model.
+# (Without diffusers installed, minidiff's own `save_diffusers` writes the same kind of folder.)
+
+# %%
+import inspect
+from pathlib import Path
+
+from minidiff.interop import load_diffusers, save_diffusers
+from minidiff.nn.layers import ModuleList
+
+folder = Path(tempfile.mkdtemp(prefix="minidiff_ch07_diffusers_")) / "tiny-ddim"
+published = dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
+                 down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                 attention_head_dim=8, norm_num_groups=8, flip_sin_to_cos=False, freq_shift=1)
+if diffusers is not None:
+    torch.manual_seed(0)
+    reference = diffusers.DDIMPipeline(diffusers.UNet2DModel(**published).eval(),
+                                       diffusers.DDIMScheduler(beta_schedule="squaredcos_cap_v2"))
+    with torch.no_grad():  # move the norms' scales and every bias off their initial 1 and 0
+        for p in reference.unet.parameters():
+            if p.ndim == 1:
+                p.add_(0.1 * torch.randn_like(p))
+    reference.set_progress_bar_config(disable=True)
+    reference.save_pretrained(folder)
+else:
+    save_diffusers(UNet(**published, rng=np.random.default_rng(3)),
+                   DDIMSampler(NoiseSchedule.named("cosine", T)), folder)
+for path in sorted(folder.rglob("*")):
+    if path.is_file():
+        print(f"{path.relative_to(folder)!s:<42}{path.stat().st_size:>9,d} bytes")
+
+pipe = load_diffusers(folder)
+print("\nsampler from scheduler_config.json:", pipe.sampler)
+print("U-Net parameters:", f"{count(pipe.unet):,d}")
+
+# %% [markdown]
+# Each block of the folder's network, as diffusers builds it (when installed) beside the minidiff class that
+# implements it and where to read that code; the parameter counts agree block by block.
+
+# %%
+unet_twin = reference.unet if diffusers is not None else None
+modules = dict(pipe.unet.named_modules())  # every submodule by dotted name ("" is the UNet itself)
+print(f"{'module':<30}{'diffusers class':<20}{'minidiff class':<29}{'defined in':<20}{'parameters':>10}")
+for name, module in modules.items():
+    # a row per top-level part and per entry of a block's list (down_blocks.0, down_blocks.0.resnets.1, ...)
+    in_list = isinstance(modules[name.rpartition(".")[0]], ModuleList) and name.count(".") <= 3
+    if not name or isinstance(module, ModuleList) or not ("." not in name or in_list):
+        continue
+    source = Path(inspect.getsourcefile(type(module)))
+    where = f"{source.parent.name}/{source.name}:{inspect.getsourcelines(type(module))[1]}"
+    theirs = "-"
+    if unet_twin is not None:
+        twin_module = unet_twin.get_submodule(name)
+        theirs = type(twin_module).__name__
+        assert sum(p.numel() for p in twin_module.parameters()) == count(module), name
+    print(f"{name:<30}{theirs:<20}{type(module).__name__:<29}{where:<20}{count(module):>10,d}")
+
+# %% [markdown]
+# Now a whole DDIM run (chapter 06), once by minidiff from the loaded folder and once by diffusers' own
+# `DDIMPipeline`, from the same initial noise: the pipeline draws $x_T$ from a seeded `torch.Generator`, so we
+# draw the same numbers and hand them to minidiff's sampler. The pipeline returns images clipped to
+# $[-1, 1]$ and mapped to $[0, 1]$; we do the same with minidiff's samples.
+
+# %%
+n_show, ddim_steps = (4, 10) if FAST else (16, 20)
+shape = pipe.image_shape(n_show)
+if diffusers is not None:
+    torch.set_num_threads(1)  # a tiny model: a second thread would only wait for the first
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0)).numpy()
+else:
+    x_T = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+with single_threaded_blas():
+    ours = pipe.sample(n_show, np.random.default_rng(0), num_inference_steps=ddim_steps, x_T=x_T, progress=False)
+ours = np.clip(ours / 2 + 0.5, 0.0, 1.0)[:, 0]  # (N, 8, 8) in [0, 1], as the pipeline returns its images
+panels = [("minidiff, from the loaded folder", ours)]
+if diffusers is not None:
+    theirs = reference(batch_size=n_show, generator=torch.Generator().manual_seed(0), num_inference_steps=ddim_steps,
+                       output_type="np").images[..., 0]  # (N, 8, 8)
+    largest = np.abs(ours - theirs).max()
+    print(f"{ddim_steps} DDIM steps, {n_show} images: largest |minidiff - diffusers| = {largest:.1e}")
+    assert largest < 1e-4
+    panels += [("diffusers' DDIMPipeline", theirs), ("|minidiff - diffusers|", np.abs(ours - theirs))]
+
+side = int(np.sqrt(n_show))
+fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 4))
+for ax, (title, images) in zip(np.atleast_1d(axes), panels, strict=True):
+    difference = title.startswith("|")
+    if difference:
+        im = ax.imshow(grid(images[:, None], side), cmap="magma", vmin=0)
+    else:
+        im = ax.imshow(grid(images[:, None] * 2 - 1, side), cmap="gray", vmin=-1, vmax=1)  # back to [-1, 1]
+    ax.set_title(title)
+    ax.set_xlabel("pixel column")
+    ax.set_ylabel("pixel row")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="absolute difference" if difference else "pixel value")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The weights are random, so the images are structured noise; the point is that the two runs are the same
+# images, to float32 rounding (the printed difference). Each step carries that rounding through the network, so
+# the difference grows with the number of steps; `load_diffusers(folder, dtype=np.float64)` runs minidiff's side
+# in float64 to see how much of it is diffusers' own float32 rounding.
+#
+# ### With a real checkpoint, and the way back
+#
+# * **Run a published model.** Download the folder, then load it as above:
+#
+#       huggingface-cli download google/ddpm-cifar10-32 --local-dir ddpm-cifar10
+#
+#   `pipe = load_diffusers("ddpm-cifar10")`, then `pipe.sample(16, np.random.default_rng(0),
+#   num_inference_steps=1000)` runs its own DDPM scheduler, or `pipe.sample(..., sampler=DDIMSampler(
+#   pipe.sampler.schedule), num_inference_steps=50)` fifty DDIM steps; on the command line,
+#   `python -m minidiff sample --diffusers ddpm-cifar10 --sampler ddim --steps 50 --n 16 --out cifar10` writes
+#   `samples.png` and `samples.npy`. A network of this size is slow on a CPU: benchmarks/bench_interop.py times
+#   its forward pass and a 50-step DDIM run against PyTorch. A folder holding only the older PyTorch pickle
+#   `diffusion_pytorch_model.bin` is refused with the one-line fix: convert it once with diffusers,
+#   `DDPMPipeline.from_pretrained("ddpm-cifar10").save_pretrained("ddpm-cifar10")`.
+# * **Take a minidiff model to diffusers.** `python -m minidiff export --checkpoint runs/digits --out
+#   runs/digits-diffusers` (or `save_diffusers(unet, sampler, folder)`) writes the EMA U-Net and a DDPM
+#   (`--sampler ddim`: DDIM) scheduler; `DDPMPipeline.from_pretrained("runs/digits-diffusers")` runs it as it is.
+# * **Train it on many GPUs and bring it back.** diffusers' example `examples/unconditional_image_generation/
+#   train_unconditional.py` trains a `UNet2DModel` with accelerate (`accelerate launch --multi_gpu
+#   --num_processes 8 train_unconditional.py --model_config_name_or_path runs/digits-diffusers/unet ...`). It
+#   builds its network from that config; to continue from the exported weights change its line
+#   `model = UNet2DModel.from_config(config)` to `model = UNet2DModel.from_pretrained(args.model_config_name_or_path)`.
+#   It trains $\epsilon$ or $x_0$ prediction on a "linear" or "squaredcos_cap_v2" schedule (minidiff's "linear"
+#   and "cosine"), so train in minidiff with `--objective epsilon` and pass the same `--ddpm_beta_schedule`. Its
+#   output folder is a `DDPMPipeline`: `load_diffusers(folder)` or `sample --diffusers folder` brings it back.
+#
+# In short: a diffusers folder is a config, a state dict with the keys minidiff's `UNet` already has, and a
+# scheduler config; the only conversion is the count of time, a rotation folded into one matrix [E43].

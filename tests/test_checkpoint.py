@@ -237,3 +237,73 @@ def test_corrupt_npz_is_a_clear_error(tmp_path):
     good.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match=r"flip\.npz"):
         checkpoint.load(good)
+
+
+# --- memory-mapped reading and float conversion ------------------------------------------------------------
+
+
+def test_mmap_gives_the_same_arrays_as_views_of_the_file(tmp_path):
+    """mmap=True: bit for bit what load gives, read-only, and views of the file itself: bytes written into the
+    file afterwards show through (a copy would not see them)."""
+    state = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.array([1, -2], np.int64),
+             "h": np.array([0.5, -1.25], np.float16), "empty": np.zeros((0, 3), np.float64)}
+    path = checkpoint.save(state, tmp_path / "m.safetensors")
+    mapped = checkpoint.load(path, mmap=True)
+    assert_same_state(mapped, state)
+    assert not any(a.flags.writeable for a in mapped.values()), "memory-mapped arrays must be read-only"
+    raw = path.read_bytes()
+    with open(path, "r+b") as f:  # overwrite w's bytes in place
+        f.seek(raw.index(state["w"].tobytes()))
+        f.write(np.full(6, 7.0, np.float32).tobytes())
+    assert np.array_equal(mapped["w"], np.full((2, 3), 7.0, np.float32)), "not a view of the mapped file"
+    assert np.array_equal(checkpoint.load(path)["w"], mapped["w"])
+
+
+def test_mmap_every_truncation_is_a_clear_error(tmp_path):
+    raw = checkpoint.save({"w": np.arange(5.0), "b": np.ones((2, 2), np.float32)}, tmp_path / "m.safetensors") \
+        .read_bytes()
+    cut = tmp_path / "cut.safetensors"
+    for length in range(len(raw)):
+        cut.write_bytes(raw[:length])
+        with pytest.raises(ValueError, match=r"cut\.safetensors: not a valid"):
+            checkpoint.load(cut, mmap=True)
+
+
+def bfloat16_bits(values: np.ndarray) -> np.ndarray:
+    """The bfloat16 words of float32 values whose low 16 bits are zero (so they are exactly bfloat16)."""
+    bits = values.astype(np.float32).view(np.uint32)
+    assert not np.any(bits & 0xFFFF), "test values must be exact bfloat16 numbers"
+    return (bits >> 16).astype("<u2")
+
+
+@pytest.mark.parametrize("mmap", [False, True])
+def test_dtype_converts_float16_and_bfloat16_exactly_and_leaves_integers(mmap, tmp_path):
+    """float16 -> float32 is exact (every half is a float); a bfloat16 is the top half of a float32, so numbers
+    with 16 zero low bits (1, -2.5, 3.140625, 2^-126, -inf) come back exactly. Integers keep their dtype."""
+    half = np.array([1e-4, -3.5, 65504.0, 0.0], np.float16)
+    exact = np.array([1.0, -2.5, 3.140625, 2.0**-126, -np.inf], np.float32)
+    bits = bfloat16_bits(exact)
+    header = {"h": {"dtype": "F16", "shape": [4], "data_offsets": [0, 8]},
+              "b": {"dtype": "BF16", "shape": [5], "data_offsets": [8, 18]},
+              "i": {"dtype": "I32", "shape": [1], "data_offsets": [18, 22]}}
+    path = safetensors_file(tmp_path / "mixed.safetensors", header,
+                            half.tobytes() + bits.tobytes() + np.array([7], "<i4").tobytes())
+    loaded = checkpoint.load(path, mmap=mmap, dtype=np.float32)
+    assert loaded["h"].dtype == np.float32 and np.array_equal(loaded["h"], half.astype(np.float32))
+    assert loaded["b"].dtype == np.float32 and np.array_equal(loaded["b"], exact), loaded["b"]
+    assert loaded["i"].dtype == np.int32 and loaded["i"].tolist() == [7]
+    assert checkpoint.load(path, mmap=mmap, dtype=np.float64)["b"].dtype == np.float64
+    with pytest.raises(ValueError, match=r"'b': dtype 'BF16' is not supported .*dtype=np\.float32\) converts BF16"):
+        checkpoint.load(path, mmap=mmap)
+
+
+def test_dtype_and_mmap_arguments(tmp_path):
+    npz = checkpoint.save({"w": np.arange(3.0), "n": np.arange(2)}, tmp_path / "m.npz")
+    converted = checkpoint.load(npz, dtype=np.float32)
+    assert converted["w"].dtype == np.float32 and converted["n"].dtype == np.arange(2).dtype
+    with pytest.raises(ValueError, match=r"mmap: only \.safetensors files are memory-mapped"):
+        checkpoint.load(npz, mmap=True)
+    with pytest.raises(TypeError, match="dtype: expected a float dtype"):
+        checkpoint.load(npz, dtype=np.int32)
+    with pytest.raises(TypeError, match="mmap: expected True or False"):
+        checkpoint.load(npz, mmap="yes")
