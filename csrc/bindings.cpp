@@ -3,9 +3,14 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>
+#include <string>
 #include <thread>
+#include <utility>
 
 #include "check.h"
+#include "cpu/conv2d.h"
+#include "cpu/gemm.h"
 #include "cpu/runtime.h"
 #include "cpu/sampler.h"
 #ifdef MINIDIFF_WITH_CUDA_EMU
@@ -35,6 +40,188 @@ void sampler_step(const py::array& x, const py::array& eps, const py::object& z,
   const StepCoefs<T> c{T(c_x), T(c_eps), T(c_z), T(c_x0), T(r_x), T(r_eps), T(clip), has_clip};
   py::gil_scoped_release release;
   cpu::sampler_step<T>(px, pe, pz, po, static_cast<index_t>(x.size()), c);
+}
+
+// --- GEMM and conv2d ----------------------------------------------------------------------------------------
+
+void expect_ndim(const py::array& a, const char* name, py::ssize_t ndim) {
+  if (a.ndim() != ndim)
+    throw py::value_error(std::string(name) + ": expected " + std::to_string(ndim) + " dimensions, got shape " +
+                          md::check::shape_str(a));
+}
+
+template <typename T>
+void expect_dtype(const py::array& a, const char* name) {
+  if (!py::isinstance<py::array_t<T>>(a) || a.itemsize() != static_cast<py::ssize_t>(sizeof(T)))
+    throw py::type_error(std::string(name) + ": expected a " + md::check::dtype_name<T>() + " array, got dtype " +
+                         std::string(py::str(a.dtype())));
+}
+
+// The bytes [first, last) an array's elements span (nothing for an empty array).
+std::pair<std::uintptr_t, std::uintptr_t> byte_extent(const py::array& a) {
+  if (a.size() == 0) return {0, 0};
+  auto first = reinterpret_cast<std::uintptr_t>(a.data()), last = first + a.itemsize();
+  for (py::ssize_t d = 0; d < a.ndim(); ++d) {
+    const py::ssize_t span = a.strides(d) * (a.shape(d) - 1);
+    (span < 0 ? first : last) += span;
+  }
+  return {first, last};
+}
+
+// An output may not share memory with an input: the kernels read the inputs after writing parts of it.
+void disjoint(const py::array& out, const char* out_name, const py::array& in, const char* in_name) {
+  const auto [o0, o1] = byte_extent(out);
+  const auto [i0, i1] = byte_extent(in);
+  if (o0 < i1 && i0 < o1)
+    throw py::value_error(std::string(out_name) + ": overlaps " + in_name + "; pass a separate array");
+}
+
+// A 2-D array of T read through its strides (any sign, 0 for a broadcast), which must be whole elements.
+template <typename T>
+md::cpu::MatrixView<T> matrix_view(const py::array& a, const char* name) {
+  expect_ndim(a, name, 2);
+  expect_dtype<T>(a, name);
+  const auto size = static_cast<py::ssize_t>(sizeof(T));
+  if (a.strides(0) % size != 0 || a.strides(1) % size != 0)
+    throw py::value_error(std::string(name) + ": expected strides that are whole elements");
+  return {static_cast<const T*>(a.data()), a.strides(0) / size, a.strides(1) / size};
+}
+
+// The destination: writeable, unit column stride, rows ascending and not overlapping (ld >= n).
+template <typename T>
+md::cpu::OutMatrix<T> out_matrix(py::array& c, const char* name) {
+  expect_ndim(c, name, 2);
+  expect_dtype<T>(c, name);
+  if (!c.writeable()) throw py::value_error(std::string(name) + ": expected a writeable array");
+  const auto size = static_cast<py::ssize_t>(sizeof(T));
+  const py::ssize_t m = c.shape(0), n = c.shape(1);
+  const bool empty = c.size() == 0;  // NumPy gives empty arrays any strides
+  const bool unit_columns = empty || n <= 1 || c.strides(1) == size;
+  const bool rows_apart = empty || m <= 1 || (c.strides(0) % size == 0 && c.strides(0) >= n * size);
+  if (!unit_columns || !rows_apart)
+    throw py::value_error(std::string(name) + ": expected rows with unit column stride, each after the previous "
+                          "(a C-contiguous array or a block of one)");
+  return {static_cast<T*>(c.mutable_data()), empty || m <= 1 ? n : c.strides(0) / size};
+}
+
+template <typename T>
+void gemm(const py::array& a, const py::array& b, py::array& c, double alpha, double beta, int version,
+          const std::string& micro_kernel) {
+  using namespace md;
+  const auto va = matrix_view<T>(a, "a");
+  const auto vb = matrix_view<T>(b, "b");
+  const auto vc = out_matrix<T>(c, "c");
+  const index_t m = a.shape(0), k = a.shape(1), n = b.shape(1);
+  if (b.shape(0) != k)
+    throw py::value_error("b: expected " + std::to_string(k) + " rows (a is " + check::shape_str(a) + "), got shape " +
+                          check::shape_str(b));
+  if (c.shape(0) != m || c.shape(1) != n)
+    throw py::value_error("c: expected shape (" + std::to_string(m) + ", " + std::to_string(n) + "), got " +
+                          check::shape_str(c));
+  disjoint(c, "c", a, "a");
+  disjoint(c, "c", b, "b");
+  if (version < 1 || version > 4)
+    throw py::value_error("version: expected 1, 2, 3 or 4, got " + std::to_string(version));
+  if (!micro_kernel.empty() && version != 4) throw py::value_error("micro_kernel: only version 4 has micro-kernels");
+  const cpu::MicroKernel kernel =
+      micro_kernel.empty() ? cpu::best_micro_kernel() : cpu::micro_kernel_by_name(micro_kernel);
+  const int threads = cpu::num_threads();
+  py::gil_scoped_release release;
+  const T ta = T(alpha), tb = T(beta);
+  switch (version) {
+    case 1: return cpu::gemm_v1_naive<T>(m, n, k, ta, va, vb, tb, vc);
+    case 2: return cpu::gemm_v2_ikj<T>(m, n, k, ta, va, vb, tb, vc);
+    case 3: return cpu::gemm_v3_blocked<T>(m, n, k, ta, va, vb, tb, vc, threads);
+    default: return cpu::gemm_v4_packed<T>(m, n, k, ta, va, vb, tb, vc, threads, kernel);
+  }
+}
+
+using Pair = std::pair<md::index_t, md::index_t>;
+
+// The convolution's sizes from x (N, C, H, W) and weight (O, C, KH, KW), checked (ValueError naming the argument).
+md::cpu::Conv2dShape conv_shape(const py::array& x, const py::array& weight, Pair stride, Pair padding) {
+  expect_ndim(x, "x", 4);
+  expect_ndim(weight, "weight", 4);
+  if (weight.shape(1) != x.shape(1))
+    throw py::value_error("weight: expected " + std::to_string(x.shape(1)) + " input channels (x is " +
+                          md::check::shape_str(x) + "), got shape " + md::check::shape_str(weight));
+  return md::cpu::Conv2dShape::make(x.shape(0), x.shape(1), x.shape(2), x.shape(3), weight.shape(0), weight.shape(2),
+                                    weight.shape(3), stride.first, stride.second, padding.first, padding.second);
+}
+
+void expect_shape(const py::array& a, const char* name, std::initializer_list<md::index_t> shape) {
+  bool same = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  py::ssize_t d = 0;
+  std::string want = "(";
+  for (md::index_t s : shape) {
+    same = same && a.shape(d) == s;
+    want += (d++ ? ", " : "") + std::to_string(s);
+  }
+  if (!same)
+    throw py::value_error(std::string(name) + ": expected shape " + want + "), got " + md::check::shape_str(a));
+}
+
+template <typename T>
+void conv2d_forward(const py::array& x, const py::array& weight, py::array& out, Pair stride, Pair padding) {
+  using namespace md;
+  const T* px = check::data<T>(x, "x");
+  const T* pw = check::data<T>(weight, "weight");
+  T* po = check::mutable_data<T>(out, "out");
+  const cpu::Conv2dShape s = conv_shape(x, weight, stride, padding);
+  expect_shape(out, "out", {s.n, s.o, s.ho, s.wo});
+  disjoint(out, "out", x, "x");
+  disjoint(out, "out", weight, "weight");
+  const int threads = cpu::num_threads();
+  py::gil_scoped_release release;
+  cpu::conv2d_forward<T>(s, px, pw, po, threads);
+}
+
+template <typename T>
+void conv2d_backward(const py::array& grad_out, const py::array& x, const py::array& weight, py::array& grad_x,
+                     py::array& grad_weight, Pair stride, Pair padding) {
+  using namespace md;
+  const T* pg = check::data<T>(grad_out, "grad_out");
+  const T* px = check::data<T>(x, "x");
+  const T* pw = check::data<T>(weight, "weight");
+  T* pgx = check::mutable_data<T>(grad_x, "grad_x");
+  T* pgw = check::mutable_data<T>(grad_weight, "grad_weight");
+  const cpu::Conv2dShape s = conv_shape(x, weight, stride, padding);
+  expect_shape(grad_out, "grad_out", {s.n, s.o, s.ho, s.wo});
+  expect_shape(grad_x, "grad_x", {s.n, s.c, s.h, s.w});
+  expect_shape(grad_weight, "grad_weight", {s.o, s.c, s.kh, s.kw});
+  using Named = std::pair<const py::array&, const char*>;
+  for (auto [out, out_name] : {Named{grad_x, "grad_x"}, Named{grad_weight, "grad_weight"}}) {
+    disjoint(out, out_name, grad_out, "grad_out");
+    disjoint(out, out_name, x, "x");
+    disjoint(out, out_name, weight, "weight");
+  }
+  disjoint(grad_x, "grad_x", grad_weight, "grad_weight");
+  const int threads = cpu::num_threads();
+  py::gil_scoped_release release;
+  cpu::conv2d_backward<T>(s, pg, px, pw, pgx, pgw, threads);
+}
+
+py::list micro_kernels() {
+  py::list out;
+  for (const auto& k : md::cpu::compiled_micro_kernels()) {
+    py::dict d;
+    d["name"] = k.name;
+    d["float32_tile"] = py::make_tuple(k.mr_f32, k.nr_f32);
+    d["float64_tile"] = py::make_tuple(k.mr_f64, k.nr_f64);
+    d["blocking"] = py::make_tuple(k.mc, k.kc, k.nc);
+    out.append(d);
+  }
+  return out;
+}
+
+double fma_peak(const std::string& micro_kernel, const std::string& dtype, md::index_t iterations, int threads) {
+  if (dtype != "float32" && dtype != "float64")
+    throw py::value_error("dtype: expected 'float32' or 'float64', got '" + dtype + "'");
+  if (threads < 1 || threads > md::cpu::kMaxThreads)
+    throw py::value_error("threads: expected 1.." + std::to_string(md::cpu::kMaxThreads));
+  const auto kernel = md::cpu::micro_kernel_by_name(micro_kernel);
+  py::gil_scoped_release release;
+  return md::cpu::fma_peak(kernel, dtype == "float64", iterations, threads);
 }
 
 py::dict build_info() {
@@ -68,6 +255,7 @@ py::dict build_info() {
   info["cuda_emu"] = false;
 #endif
   info["hardware_threads"] = std::thread::hardware_concurrency();
+  info["gemm_micro_kernel"] = md::cpu::compiled_micro_kernels().back().name;  // the one conv2d's GEMM uses
   return info;
 }
 
@@ -90,6 +278,42 @@ PYBIND11_MODULE(_C, m) {
       py::arg("x"), py::arg("eps"), py::arg("z"), py::arg("out"), py::arg("c_x"), py::arg("c_eps"),
       py::arg("c_z"), py::arg("c_x0"), py::arg("r_x"), py::arg("r_eps"), py::arg("clip"), py::arg("has_clip"),
       "out = c_x x + c_eps eps + c_z z [+ c_x0 clamp(r_x x + r_eps eps, -clip, clip)]; see sampler.h.");
+
+  m.def(
+      "gemm",
+      [](const py::array& a, const py::array& b, py::array& c, double alpha, double beta, int version,
+         const std::string& micro_kernel) {
+        md::check::dispatch_float(a, "a", [&](auto tag) {
+          gemm<decltype(tag)>(a, b, c, alpha, beta, version, micro_kernel);
+        });
+      },
+      py::arg("a"), py::arg("b"), py::arg("c"), py::arg("alpha"), py::arg("beta"), py::arg("version"),
+      py::arg("micro_kernel"),
+      "c = alpha a b + beta c (beta == 0: c is not read) by GEMM `version` (1-4, see gemm.h); micro_kernel '' is "
+      "the best of this build.");
+  m.def("gemm_micro_kernels", &micro_kernels, "The micro-kernels of this build, best last: tiles and blocking.");
+  m.def("fma_peak", &fma_peak, py::arg("micro_kernel"), py::arg("dtype"), py::arg("iterations"), py::arg("threads"),
+        "FLOP/s of `threads` threads each running `iterations` rounds of independent FMAs in the micro-kernel's "
+        "instruction set.");
+  m.def(
+      "conv2d_forward",
+      [](const py::array& x, const py::array& weight, py::array& out, Pair stride, Pair padding) {
+        md::check::dispatch_float(x, "x", [&](auto tag) {
+          conv2d_forward<decltype(tag)>(x, weight, out, stride, padding);
+        });
+      },
+      py::arg("x"), py::arg("weight"), py::arg("out"), py::arg("stride"), py::arg("padding"),
+      "out (N, O, HO, WO) = x (N, C, H, W) (*) weight (O, C, KH, KW); see conv2d.h.");
+  m.def(
+      "conv2d_backward",
+      [](const py::array& grad_out, const py::array& x, const py::array& weight, py::array& grad_x,
+         py::array& grad_weight, Pair stride, Pair padding) {
+        md::check::dispatch_float(x, "x", [&](auto tag) {
+          conv2d_backward<decltype(tag)>(grad_out, x, weight, grad_x, grad_weight, stride, padding);
+        });
+      },
+      py::arg("grad_out"), py::arg("x"), py::arg("weight"), py::arg("grad_x"), py::arg("grad_weight"),
+      py::arg("stride"), py::arg("padding"), "grad_x and grad_weight of conv2d_forward from grad_out.");
 
 #ifdef MINIDIFF_WITH_CUDA_EMU
   auto emu = m.def_submodule("cuda_emu", "CUDA kernels run on the CPU by cuda_emu.h (tests only).");

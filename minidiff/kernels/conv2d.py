@@ -4,14 +4,21 @@
 
 NumPy twins of the forward and the backward; compiled versions plug in through the same functions.
 Windows are read with sliding_window_view (no copy) and contracted with tensordot (BLAS).
+
+`conv2d_forward` and `conv2d_backward` check their arguments and run the current backend's version: the
+twins on "numpy", csrc/cpu/conv2d.cpp on "cpp" (per-image im2col into the packed GEMM of kernels/gemm.py).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from minidiff import backend as _backend
 from minidiff.exercise_tools import exercise
+from minidiff.kernels import _checks
 from minidiff.kernels._dispatch import implementation
 
 
@@ -64,9 +71,79 @@ def conv2d_backward_ref(grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray,
     return grad_x, grad_weight
 
 
-def conv2d_forward(x, weight, stride, padding):
-    return implementation({"numpy": conv2d_forward_ref})(x, weight, stride, padding)
+def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int],
+                   padding: tuple[int, int]) -> np.ndarray:
+    """x (N, C, H, W), weight (O, C, KH, KW) -> out (N, O, HO, WO) on the current backend."""
+    stride, padding = _check_conv(x, weight, stride, padding)
+    return implementation({"numpy": conv2d_forward_ref, "cpp": _forward_cpp})(x, weight, stride, padding)
 
 
-def conv2d_backward(grad_out, x, weight, stride, padding):
-    return implementation({"numpy": conv2d_backward_ref})(grad_out, x, weight, stride, padding)
+def conv2d_backward(grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray, stride: tuple[int, int],
+                    padding: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """grad_out (N, O, HO, WO) -> (grad_x (N, C, H, W), grad_weight (O, C, KH, KW)) on the current backend."""
+    stride, padding = _check_conv(x, weight, stride, padding)
+    if not _checks.is_array(grad_out):
+        raise TypeError(f"grad_out: expected a numpy.ndarray, got {type(grad_out).__name__}")
+    if grad_out.dtype != x.dtype:
+        raise TypeError(f"grad_out: expected dtype {x.dtype} (the dtype of x), got {grad_out.dtype}")
+    if grad_out.shape != _out_shape(x, weight, stride, padding):
+        raise ValueError(f"grad_out: expected shape {_out_shape(x, weight, stride, padding)} (the output's), got "
+                         f"{grad_out.shape}")
+    return implementation({"numpy": conv2d_backward_ref, "cpp": _backward_cpp})(grad_out, x, weight, stride, padding)
+
+
+_MAX_BYTES = 2**62  # no array this large can exist; past it sizes would also overflow 64-bit byte offsets
+
+
+def _int_pair(v: object, name: str, minimum: int) -> tuple[int, int]:
+    pair = tuple(v) if isinstance(v, tuple | list) else (v, v)
+    if len(pair) != 2 or any(isinstance(p, bool) or not isinstance(p, int | np.integer) or p < minimum for p in pair):
+        raise ValueError(f"{name}: expected an int >= {minimum} or a pair of them, got {v!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _check_conv(x: np.ndarray, weight: np.ndarray, stride: object,
+                padding: object) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The checks every backend relies on; returns (stride, padding) as pairs of ints."""
+    _checks.float_array(x, "x")
+    if x.ndim != 4:
+        raise ValueError(f"x: expected 4 dimensions (N, C, H, W), got shape {x.shape}")
+    if not _checks.is_array(weight):
+        raise TypeError(f"weight: expected a numpy.ndarray, got {type(weight).__name__}")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"weight: expected dtype {x.dtype} (the dtype of x), got {weight.dtype}")
+    if weight.ndim != 4 or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"weight: expected shape (O, {x.shape[1]}, KH, KW) (x has {x.shape[1]} channels), got "
+                         f"{weight.shape}")
+    stride, padding = _int_pair(stride, "stride", 1), _int_pair(padding, "padding", 0)
+    for size, k, p, name in zip(x.shape[2:], weight.shape[2:], padding, ("height", "width"), strict=True):
+        if k < 1:
+            raise ValueError(f"weight: expected a kernel of at least 1 x 1, got shape {weight.shape}")
+        if size + 2 * p < k:
+            raise ValueError(f"x: padded {name} {size + 2 * p} is smaller than the kernel ({k})")
+    out_shape = _out_shape(x, weight, stride, padding)
+    if math.prod(out_shape) * x.itemsize >= _MAX_BYTES:
+        raise ValueError(f"padding: the output {out_shape} would not fit in memory (padding {padding})")
+    return stride, padding
+
+
+def _out_shape(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int],
+               padding: tuple[int, int]) -> tuple[int, int, int, int]:
+    ho, wo = (output_size(s, k, st, p) for s, k, st, p in zip(x.shape[2:], weight.shape[2:], stride, padding,
+                                                                strict=True))
+    return x.shape[0], weight.shape[0], ho, wo
+
+
+def _forward_cpp(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int],
+                 padding: tuple[int, int]) -> np.ndarray:
+    out = np.empty(_out_shape(x, weight, stride, padding), x.dtype)  # (N, O, HO, WO)
+    _backend.extension().conv2d_forward(_checks.c_contiguous(x), _checks.c_contiguous(weight), out, stride, padding)
+    return out
+
+
+def _backward_cpp(grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray, stride: tuple[int, int],
+                  padding: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    grad_x, grad_weight = np.empty(x.shape, x.dtype), np.empty(weight.shape, weight.dtype)
+    _backend.extension().conv2d_backward(_checks.c_contiguous(grad_out), _checks.c_contiguous(x),
+                                         _checks.c_contiguous(weight), grad_x, grad_weight, stride, padding)
+    return grad_x, grad_weight

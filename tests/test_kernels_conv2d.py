@@ -1,0 +1,218 @@
+"""conv2d's C++ kernel (csrc/cpu/conv2d.cpp: per-image im2col into the packed GEMM) against its NumPy twin on
+shapes that break it (size 0, batch 1, odd sizes, channels not a multiple of the vector width, stride and padding
+pairs that differ, non-contiguous inputs), against PyTorch's conv2d and autograd, through gradcheck, on any
+number of threads; and bad input at the Python and C++ boundaries."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from backends import require_backend
+from hypothesis import given
+from hypothesis import strategies as st
+from op_cases import Case, check_against_torch, check_gradcheck
+from strategies import float_dtypes, in_layout, layouts
+from tolerances import assert_close
+
+import minidiff as md
+import minidiff.functional as F
+from minidiff.kernels.conv2d import conv2d_backward, conv2d_backward_ref, conv2d_forward, conv2d_forward_ref
+
+
+@st.composite
+def conv_problems(draw, same: bool = False, many_images: bool = False):
+    """(x, weight, grad_out, stride, padding): sizes from 0, kernels up to 4 x 4, stride and padding pairs drawn
+    per axis; same=True: odd kernels with stride 1 and padding (k - 1) / 2 (output size = input size, the
+    kernel's shifted-copy path); many_images=True: batches of 9 to 21."""
+    dtype = draw(float_dtypes)
+    n, c, o = (draw(st.integers(0, hi)) for hi in (3, 11, 11))
+    if many_images:  # more images than grad_weight has groups (8): small images go through GEMMs several at once
+        n, c, o = draw(st.integers(9, 21)), draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    if same:
+        kh, kw = draw(st.sampled_from([1, 3, 5])), draw(st.sampled_from([1, 3, 5]))
+        stride, padding = (1, 1), ((kh - 1) // 2, (kw - 1) // 2)
+    else:
+        kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+        stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+        padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
+    h = draw(st.integers(max(0, kh - 2 * padding[0]), 11))
+    w = draw(st.integers(max(0, kw - 2 * padding[1]), 11))
+    # Values from a seeded generator, not hypothesis's arrays (often constant: a symmetric kernel hides a flip)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x, weight = rng.standard_normal((n, c, h, w)).astype(dtype), rng.standard_normal((o, c, kh, kw)).astype(dtype)
+    grad_out = rng.standard_normal(conv2d_forward_ref(x, weight, stride, padding).shape).astype(dtype)
+    return x, weight, grad_out, stride, padding
+
+
+def twin_and_scale(x, weight, grad_out, stride, padding):
+    """The float64 twin's (out, grad_x, grad_weight) on the very inputs, and each one's rounding scale: the same
+    sums over the magnitudes of the terms."""
+    x64, w64, g64 = (a.astype(np.float64) for a in (x, weight, grad_out))
+    expected = (conv2d_forward_ref(x64, w64, stride, padding), *conv2d_backward_ref(g64, x64, w64, stride, padding))
+    ax, aw, ag = np.abs(x64), np.abs(w64), np.abs(g64)
+    scale = (conv2d_forward_ref(ax, aw, stride, padding), *conv2d_backward_ref(ag, ax, aw, stride, padding))
+    return expected, scale
+
+
+def run(backend, x, weight, grad_out, stride, padding):
+    with md.use_backend(backend):
+        return conv2d_forward(x, weight, stride, padding), *conv2d_backward(grad_out, x, weight, stride, padding)
+
+
+NAMES = ("out", "grad_x", "grad_weight")
+
+
+@given(problem=st.one_of(conv_problems(), conv_problems(same=True), conv_problems(many_images=True),
+                         conv_problems(same=True, many_images=True)), layout=layouts)
+def test_cpp_equals_the_twin(problem, layout):
+    require_backend("cpp")
+    x, weight, grad_out, stride, padding = problem
+    expected, scale = twin_and_scale(x, weight, grad_out, stride, padding)
+    got = run("cpp", *(in_layout(a, layout) for a in (x, weight, grad_out)), stride, padding)
+    for name, g, e, s in zip(NAMES, got, expected, scale, strict=True):
+        assert g.dtype == x.dtype
+        assert_close(g, e, dtype=x.dtype, scale=s, what=f"{name}:")
+
+
+# (x shape, weight shape, stride, padding), each above 2^20 multiply-adds per thread (below, the kernels stay on one)
+THREAD_SHAPES = [
+    ((5, 16, 40, 40), (6, 16, 3, 3), (1, 1), (1, 1)),  # "same": shifted copies of the image, no im2col
+    ((2, 32, 48, 48), (16, 32, 3, 3), (1, 1), (0, 0)),  # im2col in 3 chunks of rows per image
+    ((9, 16, 33, 31), (24, 16, 3, 2), (2, 1), (0, 2)),  # 8 weight groups of uneven size
+    ((1, 12, 63, 65), (24, 12, 3, 3), (1, 2), (2, 1)),  # batch 1: threads inside the GEMMs
+    ((3, 64, 24, 24), (48, 64, 1, 1), (1, 1), (0, 0)),  # pointwise: no im2col
+    ((20, 16, 28, 28), (8, 16, 3, 3), (1, 1), (1, 1)),  # groups of 2-3 images in blocks of 2 side by side
+    ((2, 8, 50, 50), (8, 8, 3, 3), (1, 1), (1, 1)),  # 2500 positions: two of the GEMM's NC column blocks
+]
+
+
+@pytest.mark.parametrize(("x_shape", "w_shape", "stride", "padding"), THREAD_SHAPES)
+def test_result_does_not_depend_on_the_thread_count(x_shape, w_shape, stride, padding):
+    """Bit for bit on 1, 2 and 3 threads (grad_weight sums images in groups fixed by the sizes), and right."""
+    require_backend("cpp")
+    rng = np.random.default_rng(0)
+    x, weight = rng.standard_normal(x_shape).astype(np.float32), rng.standard_normal(w_shape).astype(np.float32)
+    grad_out = rng.standard_normal(conv2d_forward_ref(x, weight, stride, padding).shape).astype(np.float32)
+    results = {}
+    before = md.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            md.set_num_threads(threads)
+            results[threads] = run("cpp", x, weight, grad_out, stride, padding)
+    finally:
+        md.set_num_threads(before)
+    for threads in (2, 3):
+        for name, got, ref in zip(NAMES, results[threads], results[1], strict=True):
+            np.testing.assert_array_equal(got, ref, err_msg=f"{name}, {threads} threads")
+    expected, scale = twin_and_scale(x, weight, grad_out, stride, padding)
+    for name, got, e, s in zip(NAMES, results[1], expected, scale, strict=True):
+        assert_close(got, e, scale=s, what=f"{name}:")
+
+
+@st.composite
+def functional_cases(draw):
+    """F.conv2d with a bias, sizes >= 1, stride and padding pairs per axis."""
+    n, c, o = draw(st.integers(1, 3)), draw(st.integers(1, 9)), draw(st.integers(1, 9))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    padding = (draw(st.integers(0, 2)), draw(st.integers(0, 2)))
+    h, w = draw(st.integers(max(1, kh - 2 * padding[0]), 9)), draw(st.integers(max(1, kw - 2 * padding[1]), 9))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    arrays = (rng.standard_normal((n, c, h, w)), rng.standard_normal((o, c, kh, kw)), rng.standard_normal(o))
+    return "conv2d", Case(arrays, lambda x, wt, b: F.conv2d(x, wt, b, stride=stride, padding=padding),
+                          lambda t, x, wt, b: t.nn.functional.conv2d(x, wt, b, stride=stride, padding=padding))
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@given(named_case=functional_cases())
+def test_cpp_path_matches_pytorch_autograd(named_case, dtype):
+    require_backend("cpp")
+    with md.use_backend("cpp"):
+        check_against_torch(named_case, dtype)
+
+
+@given(named_case=functional_cases())
+def test_cpp_path_passes_gradcheck(named_case):
+    require_backend("cpp")
+    with md.use_backend("cpp"):
+        check_gradcheck(named_case)
+
+
+# --- bad input -----------------------------------------------------------------------------------------------------
+
+
+def ones(*shape, dtype=np.float32):
+    return np.ones(shape, dtype)
+
+
+def bad_cases():
+    x, w = ones(2, 3, 5, 5), ones(4, 3, 3, 3)
+    g = ones(2, 4, 3, 3)
+    yield "x a list", ([[1.0]], w, 1, 0), TypeError, "x: expected a numpy.ndarray"
+    yield "float16 x", (x.astype(np.float16), w, 1, 0), TypeError, "x: expected dtype float32 or float64"
+    yield "int x", (x.astype(np.int32), w, 1, 0), TypeError, "x: expected dtype float32 or float64"
+    yield "weight dtype", (x, w.astype(np.float64), 1, 0), TypeError, "weight: expected dtype float32"
+    yield "3-d x", (ones(3, 5, 5), w, 1, 0), ValueError, "x: expected 4 dimensions"
+    yield "channels", (x, ones(4, 2, 3, 3), 1, 0), ValueError, r"weight: expected shape \(O, 3, KH, KW\)"
+    yield "negative padding", (x, w, 1, (0, -1)), ValueError, "padding: expected an int >= 0"
+    yield "zero stride", (x, w, (1, 0), 0), ValueError, "stride: expected an int >= 1"
+    yield "float stride", (x, w, 1.5, 0), ValueError, "stride: expected an int >= 1"
+    yield "kernel too large", (ones(2, 3, 4, 9), ones(4, 3, 7, 3), 1, (1, 0)), ValueError, \
+        "x: padded height 6 is smaller than the kernel"
+    yield "empty kernel", (x, ones(4, 3, 0, 3), 1, 0), ValueError, "weight: expected a kernel of at least 1 x 1"
+    yield "huge padding", (x, w, 1, 2**40), ValueError, "padding: the output"
+    yield "grad_out shape", (g[:, :3], x, w, 1, 0), ValueError, r"grad_out: expected shape \(2, 4, 3, 3\)"
+    yield "grad_out dtype", (g.astype(np.float64), x, w, 1, 0), TypeError, "grad_out: expected dtype float32"
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpp"])
+@pytest.mark.parametrize(("args", "error", "message"), [pytest.param(*c[1:], id=c[0]) for c in bad_cases()])
+def test_bad_input_gets_a_clear_error(backend, args, error, message):
+    require_backend(backend)
+    call = conv2d_backward if len(args) == 5 else conv2d_forward
+    with md.use_backend(backend), pytest.raises(error, match=message):
+        call(*args)
+
+
+def test_cpp_boundary_rechecks_what_it_relies_on():
+    """Called directly, bypassing the Python checks: errors, never a crash or an out-of-bounds access."""
+    require_backend("cpp")
+    C = md.backend.extension()
+    x, w, out = ones(2, 3, 5, 5, dtype=np.float64), ones(4, 3, 3, 3, dtype=np.float64), np.empty((2, 4, 3, 3))
+    forward_cases = [
+        ((x.astype(np.float16), w, out, (1, 1), (0, 0)), TypeError, "x: expected dtype float32 or float64"),
+        ((x, w.astype(np.float32), out, (1, 1), (0, 0)), TypeError, "weight: expected a float64 array"),
+        ((x.transpose(0, 1, 3, 2), w, out, (1, 1), (0, 0)), ValueError, "x: expected a C-contiguous"),
+        ((x[0], w, out, (1, 1), (0, 0)), ValueError, "x: expected 4 dimensions"),
+        ((x, w[:, :2].copy(), out, (1, 1), (0, 0)), ValueError, "weight: expected 3 input channels"),
+        ((x, w, out, (1, 1), (-1, 0)), ValueError, r"padding\[0\]: expected >= 0"),
+        ((x, w, out, (1, 0), (0, 0)), ValueError, "stride: expected >= 1"),
+        ((x, np.ones((4, 3, 6, 3)), out, (1, 1), (0, 0)), ValueError, "weight: kernel 6 x 3 is larger than the padded"),
+        ((x, w, out, (1, 1), (2**62, 0)), ValueError, "padding: the padded size overflows 64-bit indexing"),
+        ((x, w, out, (1, 1), (2**40, 2**40)), ValueError, "the sizes overflow 64-bit indexing"),
+        ((x, w, np.empty((2, 4, 3, 4)), (1, 1), (0, 0)), ValueError, r"out: expected shape \(2, 4, 3, 3\)"),
+    ]
+    for args, error, message in forward_cases:
+        with pytest.raises(error, match=message):
+            C.conv2d_forward(*args)
+    ro = np.empty((2, 4, 3, 3))
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="out: expected a writeable"):
+        C.conv2d_forward(x, w, ro, (1, 1), (0, 0))
+    buf = np.ones(200)
+    with pytest.raises(ValueError, match="out: overlaps x"):
+        C.conv2d_forward(buf[:150].reshape(2, 3, 5, 5), w, buf[100:172].reshape(2, 4, 3, 3), (1, 1), (0, 0))
+
+    g, gx, gw = np.ones((2, 4, 3, 3)), np.empty_like(x), np.empty_like(w)
+    with pytest.raises(ValueError, match=r"grad_out: expected shape \(2, 4, 3, 3\)"):
+        C.conv2d_backward(g[:1], x, w, gx, gw, (1, 1), (0, 0))
+    with pytest.raises(ValueError, match=r"grad_x: expected shape \(2, 3, 5, 5\)"):
+        C.conv2d_backward(g, x, w, gx[:1], gw, (1, 1), (0, 0))
+    with pytest.raises(ValueError, match=r"grad_weight: expected shape \(4, 3, 3, 3\)"):
+        C.conv2d_backward(g, x, w, gx, gw[:2], (1, 1), (0, 0))
+    with pytest.raises(ValueError, match="grad_x: overlaps grad_out"):
+        C.conv2d_backward(buf[50:122].reshape(2, 4, 3, 3), x, w, buf[:150].reshape(2, 3, 5, 5), gw, (1, 1), (0, 0))
+    both = np.empty(150 + 108)
+    with pytest.raises(ValueError, match="grad_x: overlaps grad_weight"):
+        C.conv2d_backward(g, x, w, both[:150].reshape(2, 3, 5, 5), both[100:208].reshape(4, 3, 3, 3), (1, 1), (0, 0))
