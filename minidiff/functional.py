@@ -73,7 +73,7 @@ class Softmax(Function):
 
     @staticmethod
     def forward(ctx: Context, x: np.ndarray, axis: int = -1) -> np.ndarray:
-        s = _attention.softmax_ref(x, axis=axis)
+        s = _attention.softmax_ref(x, axis=axis) if x.size else x.copy()  # empty: no max to shift by, nothing to do
         ctx.save(s, axis)
         return s
 
@@ -92,8 +92,11 @@ class LogSoftmax(Function):
 
     @staticmethod
     def forward(ctx: Context, x: np.ndarray, axis: int = -1) -> np.ndarray:
-        shifted = x - np.max(x, axis=axis, keepdims=True)
-        out = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+        if x.size:
+            shifted = x - np.max(x, axis=axis, keepdims=True)
+            out = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+        else:
+            out = x.copy()  # empty: no max to shift by, nothing to do
         ctx.save(out, axis)
         return out
 

@@ -283,10 +283,11 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float, norm
         raise RuntimeError(f"clip_grad_norm_: the total {norm_type}-norm of the gradients is {total}; "
                            "pass error_if_nonfinite=False to clip anyway")
     coef = max_norm / (total + 1e-6)
-    if coef < 1.0:
-        for p in params:
-            if p.grad is not None:
-                p.grad = p.grad * coef
+    if not coef >= 1.0:  # min(1, coef), multiplied in: a NaN norm makes every gradient NaN, as in PyTorch
+        with np.errstate(invalid="ignore"):  # an infinite norm: inf * 0 is NaN there too, without a warning
+            for p in params:
+                if p.grad is not None:
+                    p.grad = p.grad * coef
     return total
 
 

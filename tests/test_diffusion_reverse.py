@@ -357,6 +357,10 @@ def bad_reverse_cases():
     yield "eps shape", lambda: predict_x0_from_eps(s, x, 3, np.zeros(3)), ValueError, r"eps: expected shape \(2, 3\)"
     yield "x0 shape", lambda: q_posterior_mean_variance(s, np.zeros((3, 2)), x, 3), ValueError, \
         r"x0: expected shape \(2, 3\)"
+    yield "xt a list", lambda: q_posterior_mean_variance(s, x, x.tolist(), 3), TypeError, \
+        "xt: expected a numpy.ndarray"
+    yield "xt integers", lambda: q_posterior_mean_variance(s, x, x.astype(int), 3), TypeError, \
+        "xt: expected dtype float32 or float64"
     yield "t range", lambda: q_posterior_mean_variance(s, x, x, 31), ValueError, r"t: expected timesteps in 1\.\.30"
     yield "x_T shape", lambda: p_sample_loop(s, lambda a, b: a, (2, 3), np.random.default_rng(0), x_T=x[:1]), \
         ValueError, r"x_T: expected shape \(2, 3\)"

@@ -98,6 +98,27 @@ def test_functional_ops_pass_gradcheck(named_case):
     check_gradcheck(named_case)
 
 
+EMPTY_CASES = {
+    "group_norm, N = 0": Case((np.zeros((0, 6, 3, 5)), np.ones(6), np.zeros(6)),
+                              lambda x, w, b: F.group_norm(x, 3, w, b),
+                              lambda t, x, w, b: t.nn.functional.group_norm(x, 3, w, b)),
+    "group_norm (N, C), N = 0": Case((np.zeros((0, 4)),), lambda x: F.group_norm(x, 2),
+                                     lambda t, x: t.nn.functional.group_norm(x, 2)),
+    **{f"{name}, empty axis {axis}": Case((np.zeros(shape),), lambda x, f=name, a=axis: getattr(F, f)(x, axis=a),
+                                          lambda t, x, f=name, a=axis: getattr(t, f)(x, dim=a))
+       for name in ("softmax", "log_softmax") for shape, axis in (((3, 0), -1), ((2, 0, 4), 1), ((0, 3), 0))},
+}
+
+
+@pytest.mark.torch
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", EMPTY_CASES)
+def test_empty_inputs_give_empty_outputs_and_gradients_as_in_pytorch(name, dtype):
+    """An empty batch or an empty softmax axis: an empty output, empty input gradients and zero parameter
+    gradients (group norm's weight and bias), as PyTorch gives."""
+    check_against_torch((name, EMPTY_CASES[name]), dtype)
+
+
 @pytest.mark.exercise("ex01.5")
 @given(named_case=conv_cases(), seed=st.integers(0, 2**16))
 def test_scatter_windows_is_the_adjoint_of_windows_and_conv2d_gradients_check(named_case, seed):

@@ -231,6 +231,26 @@ def test_clipping_caps_the_total_norm_and_keeps_the_direction(max_norm, seed):
     assert math.sqrt(sum(np.sum(p.grad**2) for p in params)) <= max_norm * (1 + 1e-12) or factor == 1.0
 
 
+@pytest.mark.torch
+@pytest.mark.parametrize("norm_type", [2.0, math.inf])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_clipping_a_nan_or_inf_norm_matches_torch(norm_type, bad):
+    """torch multiplies by min(1, max_norm / (total + 1e-6)) unconditionally: a NaN norm makes every gradient
+    NaN, an infinite one zeroes the finite entries; the returned total is NaN or inf."""
+    import torch
+
+    grads = [np.array([bad, 1.0, -2.0]), np.array([[3.0, 0.5]])]
+    params = [nn.Parameter(np.zeros(g.shape)) for g in grads]
+    theirs = [torch.zeros(g.shape, dtype=torch.float64, requires_grad=True) for g in grads]
+    for p, t, g in zip(params, theirs, grads, strict=True):
+        p.grad, t.grad = g.copy(), torch.from_numpy(g.copy())
+    total = optim.clip_grad_norm_(params, 1.0, norm_type=norm_type)
+    expected = torch.nn.utils.clip_grad_norm_(theirs, 1.0, norm_type=norm_type)
+    np.testing.assert_array_equal(np.float64(total), expected.numpy())
+    for p, t in zip(params, theirs, strict=True):
+        np.testing.assert_array_equal(p.grad, t.grad.numpy())  # NaNs in the same places
+
+
 def test_clipping_a_non_finite_norm():
     p = nn.Parameter(np.ones(2))
     p.grad = np.array([np.inf, 1.0])

@@ -25,6 +25,7 @@ def q_posterior_mean_variance(schedule: NoiseSchedule, x0: Any, xt: Any, t: Any)
     it holds log beta_tilde_2, improved DDPM's convention for a usable decoder variance).
     x0 may be a model's estimate (an array or an autodiff Tensor).
     """
+    xt = _v.float_array(xt, "xt")
     _v.same_shape(x0, "x0", xt, "xt")
     shape = _v.shape_of(xt)
     mean = x0 * schedule.at(schedule.posterior_mean_coef_x0, t, xt) + xt * schedule.at(

@@ -7,6 +7,8 @@ trailing axes.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from minidiff.kernels._dispatch import implementation
@@ -27,6 +29,11 @@ def normalize_rows_backward_ref(grad_x_hat: np.ndarray, x_hat: np.ndarray, rstd:
                    - x_hat * (grad_x_hat * x_hat).mean(axis=1, keepdims=True))
 
 
+def _group_rows(a: np.ndarray, num_groups: int) -> np.ndarray:
+    """a (N, C, *) -> (N * G, C / G * prod(*)): one row per group of each sample (also when N = 0)."""
+    return a.reshape(a.shape[0] * num_groups, math.prod(a.shape[1:]) // num_groups)
+
+
 def _per_channel(p: np.ndarray, ndim: int) -> np.ndarray:
     return p.reshape((1, -1) + (1,) * (ndim - 2))  # (1, C, 1, ...)
 
@@ -34,8 +41,7 @@ def _per_channel(p: np.ndarray, ndim: int) -> np.ndarray:
 def group_norm_forward_ref(x: np.ndarray, num_groups: int, weight: np.ndarray | None, bias: np.ndarray | None,
                            eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """x (N, C, *) -> (y (N, C, *), x_hat (N, C, *), rstd (N * G, 1))."""
-    n = x.shape[0]
-    x_hat, rstd = normalize_rows_ref(x.reshape(n * num_groups, -1), eps)
+    x_hat, rstd = normalize_rows_ref(_group_rows(x, num_groups), eps)
     x_hat = x_hat.reshape(x.shape)
     y = x_hat
     if weight is not None:
@@ -52,9 +58,7 @@ def group_norm_backward_ref(grad_y: np.ndarray, x_hat: np.ndarray, rstd: np.ndar
     grad_weight = (grad_y * x_hat).sum(axis=reduce_axes)
     grad_bias = grad_y.sum(axis=reduce_axes)
     grad_x_hat = grad_y * _per_channel(weight, grad_y.ndim) if weight is not None else grad_y
-    n = grad_y.shape[0]
-    grad_x = normalize_rows_backward_ref(grad_x_hat.reshape(n * num_groups, -1),
-                                         x_hat.reshape(n * num_groups, -1), rstd)
+    grad_x = normalize_rows_backward_ref(_group_rows(grad_x_hat, num_groups), _group_rows(x_hat, num_groups), rstd)
     return grad_x.reshape(grad_y.shape), grad_weight, grad_bias
 
 
