@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -61,6 +62,14 @@ def _kind_output(config: pytest.Config) -> None:
     if config.option.tbstyle == "auto":
         config.option.tbstyle = "no"
         config.option.reportchars = ""
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Student mode collects only the test files that grade exercises: the others may need PyTorch or the
+    developer tools, which a student's install (`pip install -e ".[student]"`) does not have."""
+    if config.getoption("--student") and collection_path.name.startswith("test_") and collection_path.suffix == ".py":
+        return "mark.exercise(" not in collection_path.read_text(encoding="utf-8")
+    return None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

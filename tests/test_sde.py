@@ -11,10 +11,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
-from diffusers.schedulers.deprecated.scheduling_sde_vp import ScoreSdeVpScheduler
-from diffusers.schedulers.scheduling_sde_ve import ScoreSdeVeScheduler
-from reference.diffusers_runs import fixed_noise
 from scipy.stats import norm
 from tolerances import FINITE_DIFFERENCES, ODE_SOLVE, assert_close
 
@@ -296,6 +292,10 @@ def test_e30_euler_maruyama_step_matches_diffusers_score_sde_vp(t):
     coefficients and reverse step from t to t - 1/N must give its (x, x_mean) with the same noise."""
     N, rng = 100, np.random.default_rng(4)
     x, eps_out, noise = (rng.standard_normal((3, 2, 4)) for _ in range(3))  # (B, 2, 4) each
+    import torch
+    from diffusers.schedulers.deprecated.scheduling_sde_vp import ScoreSdeVpScheduler
+    from reference.diffusers_runs import fixed_noise
+
     scheduler = ScoreSdeVpScheduler(beta_min=0.1, beta_max=20.0)
     scheduler.set_timesteps(N)
     with fixed_noise(scheduler, torch.from_numpy(noise)):
@@ -319,6 +319,10 @@ def test_e30_e25_reverse_diffusion_and_langevin_steps_match_diffusers_score_sde_
     keeps the sigmas and the Langevin step size in float32, so the comparison is at float32 tolerance."""
     N, snr, rng = 100, 0.16, np.random.default_rng(5)
     x, score, noise = (rng.standard_normal((3, 2, 4)) for _ in range(3))  # (B, 2, 4) each
+    import torch
+    from diffusers.schedulers.scheduling_sde_ve import ScoreSdeVeScheduler
+    from reference.diffusers_runs import fixed_noise
+
     scheduler = ScoreSdeVeScheduler(num_train_timesteps=N, snr=snr, sigma_min=0.01, sigma_max=50.0)
     scheduler.set_timesteps(N)
     scheduler.set_sigmas(N)
