@@ -32,6 +32,10 @@ _current: str | None = None  # None until first use: then MINIDIFF_BACKEND or th
 @functools.cache
 def _extension() -> tuple[ModuleType | None, str]:
     """(minidiff._C, "") or (None, why it could not be imported)."""
+    # OpenMP threads that spin after a kernel (libgomp's default) take the cores from the NumPy/BLAS work that
+    # runs next: a U-Net forward on 2 threads was slower than on 1. Sleeping threads (PASSIVE) scale. libgomp
+    # reads the variable when the extension loads it; a value the user set is kept.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         from minidiff import _C
     except ImportError as err:

@@ -138,3 +138,19 @@ def test_omp_num_threads_is_honoured():
     require_backend("cpp")
     result = run_python("import minidiff; print(minidiff.get_num_threads())", OMP_NUM_THREADS="1")
     assert result.stdout.strip() == "1", result.stderr
+
+
+def test_openmp_threads_sleep_between_kernels_unless_the_user_chose_otherwise():
+    """Spinning OpenMP workers (libgomp's default) take the cores from the NumPy work between kernels (a U-Net
+    forward ran slower on 2 threads than on 1): loading the extension asks for OMP_WAIT_POLICY=PASSIVE, and
+    keeps a policy the user set."""
+    import subprocess
+    import sys
+
+    code = "import os, minidiff as md; md.available_backends(); print(os.environ.get('OMP_WAIT_POLICY'))"
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if given is not None:
+            env["OMP_WAIT_POLICY"] = given
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.strip() == expected, out.stderr
