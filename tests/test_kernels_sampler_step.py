@@ -55,10 +55,10 @@ def run_ref(x, eps, z, coefs):
     return sampler_step_ref(x, eps, z, coefs, np.empty_like(x))
 
 
-# --- exercise 0.1: the NumPy twin is the formula -------------------------------------------------
+# --- exercise 11.4: the NumPy twin is the formula -------------------------------------------------
 
 
-@pytest.mark.exercise("ex00.1")
+@pytest.mark.exercise("ex11.4")
 @given(step_inputs(max_side=5))
 def test_ref_equals_the_formula_element_by_element(inputs):
     x, eps, z, coefs = inputs
@@ -68,7 +68,7 @@ def test_ref_equals_the_formula_element_by_element(inputs):
     assert_close(got, expected, scale=scale)
 
 
-@pytest.mark.exercise("ex00.1")
+@pytest.mark.exercise("ex11.4")
 @given(step_inputs(clip=False), st.floats(-2, 2), st.floats(-2, 2))
 def test_ref_without_clip_is_linear_in_x_eps_z(inputs, a, b):
     """f(a u + b w) = a f(u) + b f(w) for the affine step, in float64."""
@@ -83,7 +83,7 @@ def test_ref_without_clip_is_linear_in_x_eps_z(inputs, a, b):
     assert_close(lhs, rhs, scale=scale)
 
 
-@pytest.mark.exercise("ex00.1")
+@pytest.mark.exercise("ex11.4")
 @given(step_inputs(clip=True))
 def test_ref_clip_is_inactive_inside_the_bound_and_saturates_outside(inputs):
     x, eps, z, coefs = inputs

@@ -81,11 +81,11 @@ def sampler_step(x: Any, eps: Any, z: Any, coefs: StepCoefs, out: Any = None) ->
     return _IMPLEMENTATIONS[_backend.get_backend()](x, eps, z, coefs, out)
 
 
-@exercise("ex00.1")
+@exercise("ex11.4")
 def sampler_step_ref(x: np.ndarray, eps: np.ndarray, z: np.ndarray | None, coefs: StepCoefs,
                      out: np.ndarray) -> np.ndarray:
     """NumPy reference twin: the same update, one operator at a time, written into out."""
-    # BEGIN SOLUTION ex00.1: the affine part, plus the clipped x0 term when coefs.clip is set
+    # BEGIN SOLUTION ex11.4: the affine part, plus the clipped x0 term when coefs.clip is set
     x_prev = coefs.c_x * x + coefs.c_eps * eps  # (...) same shape as x
     if z is not None:
         x_prev = x_prev + coefs.c_z * z
