@@ -1,6 +1,6 @@
 """minidiff: diffusion models from scratch, every equation a readable NumPy function.
 
-Start with the chapter notebooks (notebooks/00_quickstart.py) and `python -m minidiff info`.
+Start with the chapter notebooks (notebooks/00_tour.py, a ten-minute tour of diffusion) and `python -m minidiff info`.
 """
 
 from minidiff import (

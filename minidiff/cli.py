@@ -1,4 +1,5 @@
-"""`python -m minidiff COMMAND`: info, exercises, equations, demo (the main job), train, sample, eval, edit, export.
+"""`python -m minidiff COMMAND`: info, exercises, student-copy, equations, book, demo (the main job), train, sample,
+eval, edit, export.
 
     python -m minidiff demo                                   # ~5 minutes: train on digits, sample, judge
     python -m minidiff train --dataset moons --steps 2000 --out runs/moons
@@ -9,6 +10,7 @@
     python -m minidiff edit --checkpoint runs/digits --mode inpaint --input x.npy --mask m.npy --out runs/edit
     python -m minidiff export --checkpoint runs/digits --sampler ddim --out runs/digits-diffusers
     python -m minidiff sample --diffusers ddpm-cifar10 --sampler ddim --steps 50 --n 16 --out runs/cifar10
+    python -m minidiff book --fast --out book                 # the chapters as a website: book/index.html
 
 Errors of the user's making (bad arguments, a missing dataset, an unwritable folder, a checkpoint that does
 not fit) end with one line on stderr and exit code 1 (argparse's own errors: 2); Ctrl-C during training
@@ -85,6 +87,15 @@ def _exercises(args: argparse.Namespace) -> int:
     return 0
 
 
+def _student_copy(args: argparse.Namespace) -> int:
+    from minidiff import student_copy
+
+    count, ids = student_copy.write(args.dir, untracked=args.untracked)
+    print(f"wrote {args.dir}: {count} files, the solutions of {len(ids)} exercises replaced by their stubs' raise "
+          "(grade what students hand back with `pytest --student --exercises-from PATH` in this repository)")
+    return 0
+
+
 def _equations(args: argparse.Namespace) -> int:
     from minidiff import equations
 
@@ -96,6 +107,19 @@ def _equations(args: argparse.Namespace) -> int:
         print(f"wrote {equations.write_page().relative_to(equations.ROOT)}")
         return 0
     print(equations.render_text(args.ids), end="")
+    return 0
+
+
+def _book(args: argparse.Namespace) -> int:
+    from minidiff import book
+
+    chapters = args.chapters.split(",") if args.chapters is not None else None
+    try:
+        index = book.build(args.out, fast=args.fast, chapters=chapters, folder=Path(args.notebooks or book.NOTEBOOKS),
+                           timeout=args.timeout, log=print)
+    except book.BookError as e:
+        raise CLIError(str(e)) from None
+    print(f"wrote the book to {index.parent}; open {index}")
     return 0
 
 
@@ -626,11 +650,34 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--check", action="store_true", help="only report stubs that are out of date")
     ex.add_argument("--force", action="store_true", help="overwrite stubs even where you edited them")
     ex.set_defaults(run=_exercises)
+    sc = sub.add_parser("student-copy", help="copy the project without the exercises' solutions, for students",
+                        description="Write the project's files (those git tracks, or the source tree) to DIR with "
+                        "every # BEGIN SOLUTION region of the library replaced by its stub's raise "
+                        "NotImplementedError, fresh stubs in minidiff/exercises/, and the library calling the "
+                        "student's stubs everywhere (notebooks, tests, pytest --student).")
+    sc.add_argument("dir", metavar="DIR", help="a new or empty folder")
+    sc.add_argument("--untracked", action="store_true",
+                    help="also copy the files git does not track yet (those it does not ignore)")
+    sc.set_defaults(run=_student_copy)
     eq = sub.add_parser("equations", help="the equation index: each id's formula, paper, code, tests and notebooks")
     eq.add_argument("ids", nargs="*", help="show these ids in full (e.g. E11 E12); default: a line per id")
     eq.add_argument("--write", action="store_true", help="regenerate docs/EQUATIONS.md")
     eq.add_argument("--check", action="store_true", help="exit 1 when docs/EQUATIONS.md is out of date")
     eq.set_defaults(run=_equations)
+
+    bk = sub.add_parser("book", help="run every chapter notebook and write the book as a static website",
+                        description="Execute the chapter notebooks and write a static HTML site into --out: one page "
+                        "per chapter with its figures and printed results, math as MathML (no script, reads offline), "
+                        "an index and the equation index with every [E11] linked. A previous book in --out is replaced "
+                        "once the new one is complete; a failing chapter leaves nothing behind.")
+    bk.add_argument("--out", required=True, help="the site's folder (index.html in it)")
+    bk.add_argument("--fast", action="store_true", help="run the notebooks with MINIDIFF_FAST=1 (seconds, not minutes)")
+    bk.add_argument("--chapters", metavar="NN,NN", help="only these chapters, e.g. 02,04 (default: all)")
+    bk.add_argument("--notebooks", metavar="DIR", help="the folder of the chapter notebooks NN_*.py (default: the "
+                    "project's notebooks/)")
+    bk.add_argument("--timeout", type=_positive(float), default=1800.0,
+                    help="seconds one cell may run before the build fails (default 1800)")
+    bk.set_defaults(run=_book)
 
     demo = sub.add_parser("demo", help="train a U-Net on the 8x8 digits, sample, and write pictures and metrics",
                           description="Train a small U-Net on the 8x8 digits within a time budget, sample 300 digits "

@@ -3,9 +3,9 @@
 In the reference code an exercise is a function (or method) decorated with ``@exercise("exN.M")``
 whose body holds one marked region::
 
-    @exercise("ex00.1")
+    @exercise("ex11.4")
     def sampler_step_ref(x, eps, z, coefs, out):
-        # BEGIN SOLUTION ex00.1: hint shown to the student
+        # BEGIN SOLUTION ex11.4: hint shown to the student
         ...solution...
         # END SOLUTION
         out[...] = x_prev
@@ -26,8 +26,10 @@ import ast
 import functools
 import hashlib
 import importlib
+import importlib.util
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +42,9 @@ STUBS = PACKAGE / "exercises"
 ID = re.compile(r"^ex(\d{2})\.(\d+)$")
 BEGIN = re.compile(r"^(\s*)# BEGIN SOLUTION (ex\d{2}\.\d+)(?::\s*(.*))?$")
 END = re.compile(r"^\s*# END SOLUTION\s*$")
+# A student copy (`python -m minidiff student-copy`) has no solutions: there every graded function calls the student's
+# stub, whatever MINIDIFF_EXERCISES says. The copy is made with this line set to True.
+STUDENT_COPY = False
 
 
 def parse_id(exercise_id: str) -> tuple[int, int]:
@@ -51,14 +56,36 @@ def parse_id(exercise_id: str) -> tuple[int, int]:
 
 def student_ids() -> set[str] | None:
     """The exercises graded on the student's stubs (from MINIDIFF_EXERCISES): None, a set, or {'all'}."""
+    if STUDENT_COPY:
+        return {"all"}
     raw = os.environ.get("MINIDIFF_EXERCISES", "").strip()
     return {s.strip() for s in raw.split(",") if s.strip()} if raw else None
 
 
 def stub_package() -> str:
-    """Where graded stubs are imported from: minidiff.exercises, or MINIDIFF_EXERCISES_PACKAGE (the
-    suite points it at solved stubs to check that correct answers pass)."""
+    """Where graded stubs are imported from: minidiff.exercises, or MINIDIFF_EXERCISES_PACKAGE: a package name (the
+    suite points it at solved stubs to check that correct answers pass) or a folder of chNN.py files (a student's
+    work that a teacher grades: `pytest --student --exercises-from PATH`)."""
     return os.environ.get("MINIDIFF_EXERCISES_PACKAGE", "").strip() or "minidiff.exercises"
+
+
+FOLDER_PACKAGE = "_minidiff_graded_exercises"  # the name a folder of stubs is imported under
+
+
+def stub_module(chapter: int):
+    """The module of the student's stubs of `chapter` (from `stub_package()`)."""
+    source = stub_package()
+    if os.sep not in source and "/" not in source:
+        return importlib.import_module(f"{source}.ch{chapter:02d}")
+    if FOLDER_PACKAGE not in sys.modules:
+        folder = Path(source)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"MINIDIFF_EXERCISES_PACKAGE: {folder} is not a folder of exercise stubs")
+        spec = importlib.util.spec_from_loader(FOLDER_PACKAGE, loader=None, is_package=True)
+        package = importlib.util.module_from_spec(spec)
+        package.__path__ = [str(folder.resolve())]
+        sys.modules[FOLDER_PACKAGE] = package
+    return importlib.import_module(f"{FOLDER_PACKAGE}.ch{chapter:02d}")
 
 
 _focus: frozenset[str] | None = None  # set by the grader around each exercise test (see `grade_only`)
@@ -84,10 +111,9 @@ def exercise(exercise_id: str) -> Callable[[F], F]:
 
         @functools.wraps(reference)
         def call_stub(*args, **kwargs):
-            if _focus is not None and exercise_id not in _focus:
+            if _focus is not None and exercise_id not in _focus and not STUDENT_COPY:
                 return reference(*args, **kwargs)
-            stub = importlib.import_module(f"{stub_package()}.ch{chapter:02d}")
-            target = stub
+            target = stub_module(chapter)
             for part in reference.__qualname__.split("."):
                 target = getattr(target, part)
             return target(*args, **kwargs)
@@ -173,7 +199,7 @@ def _find_exercises(path: Path) -> list[Exercise]:
         if f"exercise({ex_id!r})" not in [d.replace('"', "'") for d in decorators]:
             raise ValueError(f"{path}:{func.lineno}: {func.name} holds {ex_id} but lacks @exercise({ex_id!r})")
         first = func.decorator_list[0].lineno if func.decorator_list else func.lineno
-        stub_line = f'{indent}raise NotImplementedError("Exercise {_short(ex_id)}: {hint or "write this part"}")'
+        raise_line = stub_line(indent, ex_id, hint)
 
         def dedented(middle: list[str], func=func, first=first, end=end, i=i) -> str:
             body = [*lines[first - 1 : i], *middle, *lines[end + 1 : func.end_lineno]]
@@ -184,7 +210,7 @@ def _find_exercises(path: Path) -> list[Exercise]:
         needed = sorted({imports[n] for n in used if n in imports and n != "exercise"})
         needed += [f"from {module} import {n}" for n in sorted(used & module_names) if n != func.name]
         qualname = f"{owner.name}.{func.name}" if owner else func.name
-        found.append(Exercise(ex_id, hint, module, qualname, dedented([stub_line]), dedented(lines[i + 1 : end]),
+        found.append(Exercise(ex_id, hint, module, qualname, dedented([raise_line]), dedented(lines[i + 1 : end]),
                               needed))
     return found
 
@@ -205,6 +231,11 @@ def _enclosing_function(tree: ast.Module, lineno: int):
         ):
             best, owner = node, None
     return best, owner
+
+
+def stub_line(indent: str, ex_id: str, hint: str) -> str:
+    """What a stub has in place of a solution region."""
+    return f'{indent}raise NotImplementedError("Exercise {_short(ex_id)}: {hint or "write this part"}")'
 
 
 def _short(ex_id: str) -> str:

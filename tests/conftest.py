@@ -3,6 +3,9 @@
 Options:
     --student            grade the student stubs in minidiff/exercises/ (only exercise tests run)
     --exercise exNN.M    with --student: grade only these exercises (repeatable)
+    --exercises-from PATH   with --student: grade the stubs in PATH (a student's minidiff/exercises/ folder, or a
+                         whole copy of theirs) instead of minidiff/exercises/, each exercise with the others at
+                         their reference solutions (how a teacher grades what students hand in)
 Environment:
     HYPOTHESIS_PROFILE   "ci" (deterministic; the default when CI is set) or "dev"
     MINIDIFF_REQUIRE_TORCH=1   torch-marked tests fail instead of skipping when torch is missing
@@ -14,6 +17,7 @@ import os
 import re
 from pathlib import Path
 
+import feedback
 import pytest
 from hypothesis import HealthCheck, settings
 
@@ -40,15 +44,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--student", action="store_true", help="grade the stubs in minidiff/exercises/")
     group.addoption("--exercise", action="append", default=[], metavar="exNN.M",
                     help="with --student: grade only this exercise (repeatable)")
+    group.addoption("--exercises-from", metavar="PATH",
+                    help="with --student: grade the stubs in PATH (a student's minidiff/exercises/ or their copy)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     # Must happen before minidiff is imported: the @exercise decorator reads it at import time.
     if config.getoption("--student"):
         os.environ["MINIDIFF_EXERCISES"] = ",".join(config.getoption("--exercise")) or "all"
+        if config.getoption("--exercises-from"):
+            os.environ["MINIDIFF_EXERCISES_PACKAGE"] = str(_stub_folder(config.getoption("--exercises-from")))
         _kind_output(config)
-    elif config.getoption("--exercise"):
-        raise pytest.UsageError("--exercise goes with --student")
+    elif config.getoption("--exercise") or config.getoption("--exercises-from"):
+        raise pytest.UsageError("--exercise and --exercises-from go with --student")
+
+
+def _stub_folder(path: str) -> Path:
+    """The folder of chNN.py stubs in PATH: PATH itself, or PATH/minidiff/exercises (a whole student copy)."""
+    folder = Path(path).expanduser().resolve()
+    for candidate in (folder, folder / "minidiff" / "exercises"):
+        if candidate.is_dir() and any(candidate.glob("ch[0-9][0-9].py")):
+            return candidate
+    raise pytest.UsageError(f"--exercises-from: {path} holds no chNN.py stubs (give a student's minidiff/exercises/ "
+                            "folder or their whole copy)")
 
 
 def _kind_output(config: pytest.Config) -> None:
@@ -62,6 +80,11 @@ def _kind_output(config: pytest.Config) -> None:
     if config.option.tbstyle == "auto":
         config.option.tbstyle = "no"
         config.option.reportchars = ""
+
+
+def pytest_assertrepr_compare(config: pytest.Config, op: str, left, right) -> list[str] | None:
+    """Student mode: a failed `==` of a plain assert explained in words (a dtype, a shape; see feedback.py)."""
+    return feedback.explain_comparison(op, left, right) if config.getoption("--student") else None
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
@@ -139,18 +162,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if ex is not None and item.config.getoption("--student"):
         report.user_properties.append(("exercise", ex.args[0]))
         if report.failed and call.excinfo is not None:
-            report.user_properties.append(("why", _short_failure(call.excinfo)))
+            report.user_properties.append(("why", feedback.short_failure(call.excinfo)))
     return report
-
-
-def _short_failure(excinfo: pytest.ExceptionInfo, max_lines: int = 4, width: int = 150) -> str:
-    """Where in the student's stub it failed (if there), then the first lines of the error, shortened."""
-    stub_frames = [e for e in excinfo.traceback if e.path.parent.name == "exercises" and e.path.name.startswith("ch")]
-    where = [f"at {stub_frames[-1].path.name}:{stub_frames[-1].lineno + 1}"] if stub_frames else []
-    lines = [ln.strip() if len(ln) <= width else ln.strip()[: width - 3] + "..."
-             for ln in excinfo.exconly().splitlines() if ln.strip()]
-    more = [f"... ({len(lines) - max_lines} more lines: rerun with --tb=short)"] if len(lines) > max_lines else []
-    return "\n".join([*where, *lines[:max_lines], *more])
 
 
 _SCORES: dict[str, dict[str, tuple[bool, str | None]]] = {}  # exercise id -> test node id -> (passed, why)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from strategies import SCHEDULE_KINDS, float_arrays, float_dtypes, noise_schedule, schedule_and_t
+from strategies import SCHEDULE_KINDS, float_arrays, float_dtypes, noise_schedule, schedule_and_t, schedules
 from tolerances import assert_close
 
 from minidiff.diffusion import q_mean_variance, q_sample, q_sample_trajectory, q_step, q_step_mean_variance
@@ -49,7 +49,7 @@ def test_e3_q_sample_is_the_closed_form_element_by_element(inputs):
         ab, one_minus_ab = longhand_alpha_bar(schedule, int(step))
         signal, noise = math.sqrt(ab) * x0[b].astype(np.float64), math.sqrt(one_minus_ab) * eps[b].astype(np.float64)
         expected[b], scale[b] = signal + noise, np.abs(signal) + np.abs(noise)
-    assert_close(got, expected, scale=scale)
+    assert_close(got, expected, scale=scale, what="x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps")
 
 
 @pytest.mark.exercise("ex02.2")
@@ -62,8 +62,9 @@ def test_e4_q_sample_coefficients_have_ratio_snr(kind):
     ones, zeros = np.ones((100, 1)), np.zeros((100, 1))
     signal = q_sample(schedule, ones, t, noise=zeros).ravel()  # sqrt(alpha_bar_t)
     noise = q_sample(schedule, zeros, t, noise=ones).ravel()  # sqrt(1 - alpha_bar_t)
-    assert_close((signal / noise) ** 2, schedule.snr[1:], scale=schedule.snr[1:])
-    assert_close(signal**2 + noise**2, np.ones(100), scale=1.0)
+    assert_close((signal / noise) ** 2, schedule.snr[1:], scale=schedule.snr[1:],
+                 what="(x0's coefficient / eps's coefficient)^2 = SNR(t) = alpha_bar_t / (1 - alpha_bar_t)")
+    assert_close(signal**2 + noise**2, np.ones(100), scale=1.0, what="the squared coefficients of x0 and eps sum to 1")
 
 
 @pytest.mark.parametrize("kind", SCHEDULE_KINDS)
@@ -138,6 +139,112 @@ def test_e1_q_step_is_the_one_step_gaussian():
     np.testing.assert_array_equal(trajectory[0], x)
 
 
+# --- the forward chain, step by step (exercise 2.3) -------------------------------------------------
+
+
+@st.composite
+def chain_inputs(draw):
+    schedule = draw(schedules(max_T=60))
+    dtype = draw(float_dtypes)
+    shape = tuple(draw(st.lists(st.integers(1, 3), min_size=1, max_size=2)))
+    return schedule, draw(float_arrays(dtype, shape, bound=5.0)), draw(float_arrays(dtype, (schedule.T, *shape),
+                                                                                    bound=4.0))
+
+
+@pytest.mark.exercise("ex02.3")
+@given(chain_inputs())
+def test_e1_e3_the_chain_is_the_unrolled_sum_of_its_steps(inputs):
+    """[E1][E3] Unrolling x_t = sqrt(alpha_t) x_{t-1} + sqrt(beta_t) eps_t from x_0 (the induction of chapter 02):
+    x_t = sqrt(alpha_bar_t) x_0 + sum_{s <= t} sqrt(alpha_bar_t / alpha_bar_s) sqrt(beta_s) eps_s, with eps_s =
+    noise[s - 1]; here in float64 from the betas, for every schedule kind, float32 and float64."""
+    schedule, x0, noise = inputs
+    got = q_sample_trajectory(schedule, x0, noise=noise)
+    assert got.dtype == x0.dtype, f"keep x0's dtype: expected {x0.dtype}, got {got.dtype}"
+    assert got.shape == (schedule.T + 1, *x0.shape), f"expected shape (T + 1, *x0.shape), got {got.shape}"
+    np.testing.assert_array_equal(got[0], x0, err_msg="out[0] must be x0 itself")
+    betas = [float(b) for b in schedule.betas]  # betas[t] is beta_t
+
+    def sqrt_alpha_product(s: int, t: int) -> float:
+        """sqrt(alpha_bar_t / alpha_bar_s) = prod_{r = s+1..t} sqrt(1 - beta_r) (1 for s = t)."""
+        return math.sqrt(math.prod(1.0 - b for b in betas[s + 1 : t + 1]))
+
+    x0_64, noise_64 = x0.astype(np.float64), noise.astype(np.float64)
+    for t in range(1, schedule.T + 1):
+        signal = sqrt_alpha_product(0, t) * x0_64
+        terms = [sqrt_alpha_product(s, t) * math.sqrt(betas[s]) * noise_64[s - 1]
+                 for s in range(1, t + 1)]  # eps_s's share of x_t
+        expected = signal + np.sum(terms, axis=0)
+        magnitude = np.abs(signal) + np.sum(np.abs(terms), axis=0)
+        # t steps, each rounding once more: the error grows with t
+        assert_close(got[t], expected, scale=t * magnitude, what=f"x_t at t={t}:")
+
+
+@pytest.mark.exercise("ex02.3")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_e1_each_step_of_the_chain_is_q_of_x_t_given_x_t_minus_1(dtype):
+    """[E1] Given x_{t-1}, x_t ~ N(sqrt(1 - beta_t) x_{t-1}, beta_t): over 4000 chains from spread-out x_0, the
+    least-squares slope of x_t on x_{t-1} is sqrt(1 - beta_t) and the residual r_t = x_t - sqrt(1 - beta_t) x_{t-1}
+    has mean 0 and variance beta_t; r_t is uncorrelated with r_{t-1} (each step draws fresh noise).
+
+    Standard errors (n = 4000, each bound 4.5 of them): slope sqrt(beta_t / (n var x_{t-1})), mean sqrt(beta_t / n),
+    variance beta_t sqrt(2 / n) (Gaussian residuals), correlation 1 / sqrt(n)."""
+    n = 4000
+    schedule = noise_schedule("linear", 50)  # betas 0.002 .. 0.4: each step's coefficients are distinct
+    rng = np.random.default_rng(7)
+    x0 = rng.uniform(-2.0, 2.0, n).astype(dtype)
+    chain = q_sample_trajectory(schedule, x0, rng)  # (T + 1, n)
+    assert chain.dtype == dtype, f"keep x0's dtype: expected {np.dtype(dtype)}, got {chain.dtype}"
+    chain = chain.astype(np.float64)
+    residual = {}  # t -> r_t
+    for t in (1, 2, 10, 25, 49, 50):
+        beta, prev, xt = schedule.betas[t], chain[t - 1], chain[t]
+        r = residual[t] = xt - math.sqrt(1 - beta) * prev
+        if t - 1 in residual:
+            corr = np.corrcoef(r, residual[t - 1])[0, 1]
+            assert abs(corr) < 4.5 / math.sqrt(n), f"steps {t - 1} and {t} share their noise (correlation " \
+                f"{corr:.3f}): step t must use its own eps_t = noise[t - 1]"
+        slope = np.cov(prev, xt)[0, 1] / prev.var(ddof=1)
+        assert abs(slope - math.sqrt(1 - beta)) < 4.5 * math.sqrt(beta / (n * prev.var())), \
+            f"t={t}: x_t grows like {slope:.4f} x_(t-1), E1 says sqrt(1 - beta_t) = {math.sqrt(1 - beta):.4f}"
+        assert abs(r.mean()) < 4.5 * math.sqrt(beta / n), f"t={t}: the noise of step t has mean {r.mean():.4f}, not 0"
+        assert abs(r.var() - beta) < 4.5 * beta * math.sqrt(2 / n), \
+            f"t={t}: the noise of step t has variance {r.var():.4f}, E1 says beta_t = {beta:.4f}"
+
+
+def normal_cdf(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.vectorize(math.erf)(z / math.sqrt(2.0)))
+
+
+@pytest.mark.exercise("ex02.3")
+@pytest.mark.parametrize("kind", SCHEDULE_KINDS)
+def test_e3_the_chain_reaches_the_closed_form_marginal_in_distribution(kind):
+    """[E1][E3] T composed steps from x_0 = 1.5 give x_t ~ N(sqrt(alpha_bar_t) x_0, 1 - alpha_bar_t) at t = 1, T/4,
+    T/2, T: a one-sample Kolmogorov-Smirnov test against that normal CDF, n = 4000 chains. Under H0
+    P(D > c / sqrt(n)) ~ 2 exp(-2 c^2); c = sqrt(ln(2 / 1e-4) / 2) per comparison keeps 20 comparisons below
+    2e-3 family-wise. Reusing one eps for every step, or beta_t for sqrt(beta_t), moves the CDF by far more."""
+    n, x0_value = 4000, 1.5
+    schedule = noise_schedule(kind, 100)
+    chain = q_sample_trajectory(schedule, np.full(n, x0_value), np.random.default_rng(11))  # (T + 1, n)
+    critical = math.sqrt(math.log(2 / 1e-4) / 2) / math.sqrt(n)
+    for t in (1, schedule.T // 4, schedule.T // 2, schedule.T):
+        mean, std = schedule.sqrt_alpha_bars[t] * x0_value, schedule.sqrt_one_minus_alpha_bars[t]
+        xt = np.sort(chain[t])
+        cdf = normal_cdf((xt - mean) / std)
+        distance = max(np.max(np.arange(1, n + 1) / n - cdf), np.max(cdf - np.arange(n) / n))
+        assert distance < critical, (f"t={t}: x_t has mean {xt.mean():.3f} and variance {xt.var():.3f}; E3 says "
+                                     f"{mean:.3f} and 1 - alpha_bar_t = {std**2:.3f} (KS distance {distance:.3f})")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_e1_the_chain_with_rng_draws_all_its_noise_at_once(dtype):
+    """[E1] rng=Generator(seed) gives the chain of noise=standard_normal((T, *x0.shape), dtype) of that seed."""
+    schedule = noise_schedule("cosine", 30)
+    x0 = np.linspace(-1, 1, 6, dtype=dtype).reshape(2, 3)
+    a = q_sample_trajectory(schedule, x0, np.random.default_rng(5))
+    b = q_sample_trajectory(schedule, x0, noise=np.random.default_rng(5).standard_normal((30, 2, 3), dtype=dtype))
+    np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_e3_the_same_seed_gives_the_same_draw_bit_for_bit(dtype):
     """[E3] rng=Generator(seed) draws exactly the noise standard_normal(shape, dtype) of that seed would."""
@@ -167,6 +274,9 @@ def bad_forward_cases():
     yield "t 31", lambda: q_step(s, x, 31, rng=rng), ValueError, r"t: expected timesteps in 1\.\.30"
     yield "t per example", lambda: q_sample(s, x, np.array([1, 2]), rng=rng), ValueError, "one timestep per example"
     yield "x_prev", lambda: q_step(s, np.zeros(3, np.int8), 1, rng=rng), TypeError, "x_prev: expected dtype"
+    yield "chain noise", lambda: q_sample_trajectory(s, x, noise=np.zeros((3, 2))), ValueError, \
+        r"noise: expected shape \(30, 3, 2\) \(the shape of x0 repeated for t = 1\.\.T\)"
+    yield "chain x0", lambda: q_sample_trajectory(s, [0.0], rng), TypeError, "x0: expected a numpy.ndarray"
 
 
 @pytest.mark.parametrize(("call", "error", "message"), [pytest.param(*c[1:], id=c[0]) for c in bad_forward_cases()])

@@ -51,7 +51,9 @@ def test_e23_normal_kl_matches_monte_carlo_and_quadrature(m1, s1, m2, s2):
     kl = float(normal_kl(np.float64(m1), np.float64(2 * math.log(s1)), np.float64(m2), np.float64(2 * math.log(s2))))
     x = m1 + s1 * np.random.default_rng(7).standard_normal(200_000)
     log_ratio = log_gaussian(x, m1, s1) - log_gaussian(x, m2, s2)
-    assert abs(log_ratio.mean() - kl) <= 5 * log_ratio.std() / math.sqrt(x.size) + 1e-15
+    se = log_ratio.std() / math.sqrt(x.size)
+    assert abs(log_ratio.mean() - kl) <= 5 * se + 1e-15, \
+        f"KL(N({m1}, {s1}^2) || N({m2}, {s2}^2)) is {kl:.6g}; Monte Carlo says {log_ratio.mean():.6g} +- {se:.2g}"
     grid = np.linspace(m1 - 14 * s1, m1 + 14 * s1, 200_001)
     density = np.exp(log_gaussian(grid, m1, s1))
     integral = np.trapezoid(density * (log_gaussian(grid, m1, s1) - log_gaussian(grid, m2, s2)), grid)
@@ -82,9 +84,12 @@ def test_e21_the_256_bins_sum_to_one(mean, log_variance, dtype):
     """[E21] The bins partition the real line (edge bins open), so their probabilities sum to 1, for standard
     deviations from 1e-3 (a tenth of a bin) to 7 (the whole range in one bell); float32 images too."""
     log_p = discretized_gaussian_log_likelihood(GRID.astype(dtype), np.float64(mean), np.float64(log_variance))
-    assert log_p.dtype == dtype and np.all(np.isfinite(log_p)) and np.all(log_p <= 0)
+    assert log_p.dtype == dtype, f"keep x's dtype: expected {np.dtype(dtype)}, got {log_p.dtype}"
+    assert np.all(np.isfinite(log_p)) and np.all(log_p <= 0), \
+        f"log-probabilities must be finite and <= 0; bins {np.flatnonzero(~(log_p <= 0))[:5]} are not"
     total = math.fsum(np.exp(log_p.astype(np.float64)))
-    assert total == pytest.approx(1.0, abs=1e-12 if dtype == np.float64 else 1e-5)
+    assert total == pytest.approx(1.0, abs=1e-12 if dtype == np.float64 else 1e-5), \
+        f"the 256 bins' probabilities sum to {total:.6g}, not 1: the edge bins take the open tails"
 
 
 LEGENDRE_40 = np.polynomial.legendre.leggauss(40)
@@ -109,7 +114,8 @@ def test_e21_bins_are_the_gaussian_mass_of_each_bin(mean, sd):
     expected[-1] = 0.5 * math.erfc(((1 - 1 / 255 - mean) / sd) / math.sqrt(2))
     seen = expected > 1e-250
     assert seen.sum() >= 3
-    np.testing.assert_allclose(np.exp(log_p[seen]), expected[seen], rtol=1e-9)
+    np.testing.assert_allclose(np.exp(log_p[seen]), expected[seen], rtol=1e-9,
+                               err_msg="bin probabilities (index 0 is the bin of x = -1, the last that of x = 1)")
 
 
 @pytest.mark.exercise("ex04.2")
@@ -210,6 +216,7 @@ def test_e15_min_snr_weights_at_zero_terminal_snr():
         assert np.isfinite(w).all() and w[1] == last
 
 
+@pytest.mark.exercise("ex04.3")
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
 def test_e15_l_simple_of_the_perfect_and_of_the_zero_model(prediction_type):
     """[E15] A model that knows x0 (and so recovers eps from x_t) scores 0; the zero model scores the mean
@@ -231,6 +238,7 @@ def test_e15_l_simple_of_the_perfect_and_of_the_zero_model(prediction_type):
     assert zero == pytest.approx(np.mean(targets[prediction_type] ** 2), rel=1e-12)
 
 
+@pytest.mark.exercise("ex04.3")
 def test_e15_l_simple_differentiates_through_an_autodiff_tensor():
     """[E15] With a Tensor model w * x_t, L = mean_b weight_b mean_d (w x_t - eps)^2 has dL/dw =
     mean_b weight_b mean_d 2 (w x_t - eps) x_t; the value and the gradient match numpy's."""
@@ -247,6 +255,7 @@ def test_e15_l_simple_differentiates_through_an_autodiff_tensor():
     assert float(w.grad) == pytest.approx(np.mean(weight * 2 * (0.8 * xt - eps) * xt), rel=1e-12)
 
 
+@pytest.mark.exercise("ex04.3")
 def test_e15_l_simple_draws_t_uniformly_from_the_generator():
     """[E15] Without t the timesteps are uniform on 1..T from rng: over 64000 draws every t in 1..4 appears
     16000 +- 5 sd (sd = sqrt(64000 * 1/4 * 3/4) = 110)."""
@@ -256,6 +265,91 @@ def test_e15_l_simple_draws_t_uniformly_from_the_generator():
              rng=np.random.default_rng(0))
     counts = np.bincount(seen[0], minlength=5)
     assert counts[0] == 0 and np.all(np.abs(counts[1:] - 16000) < 5 * 110)
+
+
+def hand_q_sample(schedule, x0, t, eps):
+    """(x_t, alpha_bar_t) with x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (E3) in float64, one t per
+    example, alpha_bar_t = prod_{s <= t} (1 - beta_s) re-derived here from the betas."""
+    ab = np.cumprod(1.0 - schedule.betas[1:])[t - 1].reshape(-1, *[1] * (x0.ndim - 1))  # (B, 1, ...)
+    return np.sqrt(ab) * x0.astype(np.float64) + np.sqrt(1.0 - ab) * eps.astype(np.float64), ab
+
+
+@pytest.mark.exercise("ex04.3")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample", "v_prediction"])
+def test_e15_l_simple_from_a_generator_is_the_hand_formula(dtype, prediction_type):
+    """[E15][E3] Ho et al.'s Algorithm 1 with a seeded generator, rebuilt here from a generator with the same seed:
+    t ~ U{1..T} drawn first (rng.integers(1, T + 1, B)), then eps ~ N(0, I) of x0's shape and dtype; the model is
+    called once, on x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps and t of shape (B,); the loss is the mean
+    over every element of (output - target)^2, target eps, x0 or v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x0,
+    in x0's dtype."""
+    T, batch = 50, 7
+    schedule = noise_schedule("cosine", T)
+    x0 = np.random.default_rng(8).uniform(-1, 1, (batch, 2, 3)).astype(dtype)
+    calls = []
+
+    def model(xt, t):  # any function of (x_t, t)
+        calls.append((np.array(xt), np.array(t)))
+        return np.tanh(xt) * (np.asarray(t) / T).reshape(-1, 1, 1).astype(dtype)
+
+    loss = l_simple(schedule, model, x0, rng=np.random.default_rng(9), prediction_type=prediction_type)
+    rng = np.random.default_rng(9)
+    t = rng.integers(1, T + 1, size=batch)
+    eps = rng.standard_normal(x0.shape, dtype=dtype)
+    xt, ab = hand_q_sample(schedule, x0, t, eps)
+    assert len(calls) == 1, f"call the model once, on the whole batch (it was called {len(calls)} times)"
+    seen_xt, seen_t = calls[0]
+    assert seen_t.shape == (batch,) and np.array_equal(seen_t, t), \
+        "draw t first, uniform on 1..T: t = schedule.sample_timesteps(rng, B)"
+    assert seen_xt.dtype == dtype, f"keep x0's dtype: the model got x_t of dtype {seen_xt.dtype}, expected {dtype}"
+    assert np.allclose(seen_xt, xt, rtol=1e-5, atol=1e-6), \
+        "x_t = q_sample(schedule, x0, t, noise=eps), eps = rng.standard_normal(x0.shape, dtype=x0.dtype) drawn after t"
+    target = {"epsilon": eps, "sample": x0, "v_prediction": np.sqrt(ab) * eps - np.sqrt(1 - ab) * x0}[prediction_type]
+    expected = np.mean((model(xt.astype(dtype), t).astype(np.float64) - target) ** 2)
+    got = np.asarray(loss).dtype
+    assert got == dtype, f"keep x0's dtype: expected a {np.dtype(dtype)} loss, got {got}"
+    assert float(loss) == pytest.approx(expected, rel=1e-5 if dtype == np.float32 else 1e-12), \
+        f"the loss is the mean of (model output - {prediction_type} target)^2 over every element"
+
+
+@pytest.mark.exercise("ex04.3")
+def test_e15_l_simple_gradient_reaches_the_parameters_of_a_linear_eps_model():
+    """[E15] For eps_theta(x_t) = x_t W^T + b (an md.nn.Linear, float64), L = mean over the B x D elements of R^2,
+    R = x_t W^T + b - eps, so dL/dW = 2 R^T x_t / (B D) and dL/db = 2 sum_b R / (B D): the gradients backward() leaves
+    on the parameters equal these, with x_t and eps rebuilt here from the seed."""
+    schedule = noise_schedule("linear", 100)
+    layer = md.nn.Linear(3, 3, rng=np.random.default_rng(10), dtype=np.float64)
+    x0 = np.random.default_rng(11).uniform(-1, 1, (16, 3))
+    loss = l_simple(schedule, lambda xt, t: layer(md.Tensor(xt)), x0, rng=np.random.default_rng(12))
+    assert isinstance(loss, md.Tensor), \
+        f"return the loss as a Tensor built from the model's output (got {type(loss).__name__}): no np.asarray on it"
+    loss.backward()
+    rng = np.random.default_rng(12)
+    t = rng.integers(1, 101, size=16)
+    eps = rng.standard_normal(x0.shape)
+    xt, _ = hand_q_sample(schedule, x0, t, eps)
+    residual = xt @ layer.weight.data.T + layer.bias.data - eps  # (B, D)
+    assert float(loss.item()) == pytest.approx(np.mean(residual**2), rel=1e-12), \
+        "the loss is the mean over every element of (model output - eps)^2, with t then eps drawn from rng"
+    assert layer.weight.grad is not None, "the gradient must reach the model's parameters: keep the graph"
+    assert_close(layer.weight.grad, 2 * residual.T @ xt / residual.size, scale=2 * np.abs(residual).T @ np.abs(xt))
+    assert_close(layer.bias.grad, 2 * residual.sum(axis=0) / residual.size, scale=2 * np.abs(residual).sum(axis=0))
+
+
+@pytest.mark.parametrize(("kwargs", "error", "message"), [
+    ({}, ValueError, "rng: pass a numpy.random.Generator to draw t"),
+    ({"t": 3}, ValueError, "rng: pass a numpy.random.Generator to draw the noise"),
+    ({"rng": 0}, ValueError, "rng: pass a numpy.random.Generator to draw t"),
+    ({"t": np.array([1, 2])}, ValueError, "t: expected one timestep per example"),
+    ({"t": 3, "noise": np.zeros((4, 3))}, ValueError, "noise"),
+])
+def test_e15_l_simple_bad_input_names_the_argument(kwargs, error, message):
+    """[E15] Without rng there is nothing to draw t or eps from; a t or a noise that does not fit x0 is refused."""
+    schedule = noise_schedule("linear", 100)
+    with pytest.raises(error, match=message):
+        l_simple(schedule, lambda xt, t: xt, np.zeros((3, 3)), **kwargs)
+    with pytest.raises(ValueError, match="model output"):
+        l_simple(schedule, lambda xt, t: xt[:, :2], np.zeros((3, 3)), t=3, noise=np.zeros((3, 3)))
 
 
 # --- E22: the per-step weight of the bound --------------------------------------------------------------
@@ -269,6 +363,7 @@ def kl_inputs(draw):
     return schedule, t, x0, eps, eps_theta
 
 
+@pytest.mark.exercise("ex04.4")
 @settings(max_examples=60)
 @given(kl_inputs(), st.sampled_from(["fixed_small", "fixed_large"]))
 def test_e22_the_kl_term_is_lambda_times_the_squared_eps_error(inputs, variance_type):
@@ -292,3 +387,44 @@ def test_e22_the_kl_term_is_lambda_times_the_squared_eps_error(inputs, variance_
     r = (1 - ab_prev) / (1 - ab) * beta / sigma2
     dims = x0.shape[1]
     assert_close(constant, np.full(len(x0), dims * 0.5 * (r - 1 - math.log(r))), scale=dims * (1 + abs(math.log(r))))
+
+
+def log_normal_density(x, mean, variance):
+    return -0.5 * (x - mean) ** 2 / variance - 0.5 * np.log(2 * math.pi * variance)
+
+
+@pytest.mark.exercise("ex04.4")
+@pytest.mark.parametrize(("kind", "T", "t"), [("cosine", 50, 2), ("linear", 100, 30), ("cosine", 50, 50)])
+@pytest.mark.parametrize(("prediction_type", "variance_type"),
+                         [("epsilon", "fixed_small"), ("epsilon", "fixed_large"), ("sample", "fixed_large")])
+def test_e20_denoising_term_is_the_monte_carlo_mean_of_the_log_ratio(kind, T, t, prediction_type, variance_type):
+    """[E20][E11][E12][E23] L_{t-1} = E_{x_{t-1} ~ q(. | x_t, x_0)} log [q(x_{t-1} | x_t, x_0) / p(x_{t-1} | x_t)],
+    summed over an example's dimensions (shape (B, 2, 3) here: the result is one number per example). Everything is
+    written here from the betas: the posterior N(c0 x0 + ct x_t, beta_tilde_t) (E11), the model's mean from an
+    imperfect eps (E12: (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta) / sqrt(alpha_t)) or x0 guess (E11 at x0_theta),
+    sigma_t^2 = beta_tilde_t or beta_t. M = 20000 draws of x_{t-1} per example: within 5 standard errors."""
+    schedule = noise_schedule(kind, T)
+    rng = np.random.default_rng(t)
+    x0, eps = rng.uniform(-1, 1, (3, 2, 3)), rng.standard_normal((3, 2, 3))
+    betas = schedule.betas[1:]  # beta_1..beta_T
+    ab = np.cumprod(1.0 - betas)
+    beta, alpha, ab_t, ab_prev = betas[t - 1], 1.0 - betas[t - 1], ab[t - 1], ab[t - 2]
+    xt = math.sqrt(ab_t) * x0 + math.sqrt(1 - ab_t) * eps
+    c0, ct = math.sqrt(ab_prev) * beta / (1 - ab_t), math.sqrt(alpha) * (1 - ab_prev) / (1 - ab_t)
+    q_mean, q_var = c0 * x0 + ct * xt, (1 - ab_prev) / (1 - ab_t) * beta
+    if prediction_type == "epsilon":
+        output = eps + 0.3 * np.sin(3 * xt)  # an imperfect noise prediction
+        p_mean = (xt - beta / math.sqrt(1 - ab_t) * output) / math.sqrt(alpha)
+    else:
+        output = 0.8 * x0 - 0.1  # an imperfect x0 prediction
+        p_mean = c0 * output + ct * xt
+    p_var = q_var if variance_type == "fixed_small" else beta
+    kl = denoising_term(schedule, output, x0, xt, t, prediction_type=prediction_type, variance_type=variance_type)
+    assert np.shape(kl) == (3,), f"one KL per example, summed over its dimensions: expected (3,), got {np.shape(kl)}"
+    m = 20_000
+    draws = q_mean + math.sqrt(q_var) * np.random.default_rng(100 + t).standard_normal((m, *x0.shape))  # (M, B, 2, 3)
+    log_ratio = (log_normal_density(draws, q_mean, q_var) - log_normal_density(draws, p_mean, p_var)).sum(axis=(2, 3))
+    estimate, se = log_ratio.mean(axis=0), log_ratio.std(axis=0) / math.sqrt(m)  # (B,) each
+    assert np.all(se > 0)
+    assert np.all(np.abs(kl - estimate) < 5 * se), \
+        f"KL(q posterior || p_theta step), summed per example: {np.round(kl, 4)}, Monte Carlo {np.round(estimate, 4)}"

@@ -63,9 +63,10 @@ def test_e11_posterior_is_the_normalized_product_of_two_gaussians(inputs):
     from_x0 = math.sqrt(ab_prev) * x0 / one_minus_ab_prev / precision
     from_xt = math.sqrt(alpha) * xt / beta / precision
     mean, variance, log_variance = q_posterior_mean_variance(schedule, x0, xt, t)
-    assert_close(mean, from_x0 + from_xt, scale=(np.abs(from_x0) + np.abs(from_xt)))
-    assert_close(variance, np.full(x0.shape, 1.0 / precision), scale=1.0 / precision)
-    assert_close(log_variance, np.full(x0.shape, -math.log(precision)), scale=abs(math.log(precision)))
+    assert_close(mean, from_x0 + from_xt, scale=(np.abs(from_x0) + np.abs(from_xt)), what=f"mu_tilde_t at t = {t}")
+    assert_close(variance, np.full(x0.shape, 1.0 / precision), scale=1.0 / precision, what=f"beta_tilde_t at t = {t}")
+    assert_close(log_variance, np.full(x0.shape, -math.log(precision)), scale=abs(math.log(precision)),
+                 what=f"log beta_tilde_t at t = {t}")
 
 
 def log_gaussian(x, mean, variance):
@@ -90,8 +91,10 @@ def test_e11_posterior_moments_by_quadrature_of_bayes_rule(kind, t):
     z = np.trapezoid(weights, grid)
     q_mean = np.trapezoid(weights * grid, grid) / z
     q_var = np.trapezoid(weights * (grid - q_mean) ** 2, grid) / z
-    assert q_mean == pytest.approx(mean[0], rel=1e-9, abs=1e-9 * sd)
-    assert q_var == pytest.approx(variance[0], rel=1e-8)
+    assert mean[0] == pytest.approx(q_mean, rel=1e-9, abs=1e-9 * sd), \
+        f"t = {t}: mu_tilde_t is {mean[0]:.10g}, Bayes' rule gives {q_mean:.10g}"
+    assert variance[0] == pytest.approx(q_var, rel=1e-8), \
+        f"t = {t}: beta_tilde_t is {variance[0]:.10g}, Bayes' rule gives {q_var:.10g}"
 
 
 @pytest.mark.exercise("ex03.1")
@@ -100,9 +103,10 @@ def test_e11_posterior_at_t_1_is_the_data_itself():
     schedule = noise_schedule("cosine", 40)
     x0, xt = np.array([0.3, -0.9]), np.array([1.5, 0.2])
     mean, variance, log_variance = q_posterior_mean_variance(schedule, x0, xt, 1)
-    assert_close(mean, x0)
-    np.testing.assert_array_equal(variance, 0.0)
-    assert_close(log_variance, np.full(2, math.log(schedule.posterior_variance[2])))
+    assert_close(mean, x0, what="mu_tilde_1 (x0 itself)")
+    np.testing.assert_array_equal(variance, 0.0, err_msg="beta_tilde_1 = 0: alpha_bar_0 = 1")
+    assert_close(log_variance, np.full(2, math.log(schedule.posterior_variance[2])),
+                 what="log beta_tilde_1 (clipped: the log of beta_tilde_2)")
 
 
 # --- E12, E13, E14, E27: the parameterizations ------------------------------------------------------
@@ -127,7 +131,8 @@ def test_e13_x0_from_the_true_eps_is_x0(inputs):
     schedule, t, x0, eps, xt = inputs
     a, b = schedule.sqrt_alpha_bars[t], schedule.sqrt_one_minus_alpha_bars[t]
     got = predict_x0_from_eps(schedule, xt, t, eps)
-    assert_close(got, x0, scale=(np.abs(xt) + b * np.abs(eps)) / a, tol=ROUND_TRIP)
+    assert_close(got, x0, scale=(np.abs(xt) + b * np.abs(eps)) / a, tol=ROUND_TRIP,
+                 what=f"x0 from the eps that made x_t (t = {t}): (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)")
 
 
 @pytest.mark.exercise("ex03.2")
@@ -142,10 +147,12 @@ def test_e13_round_trip_eps_to_x0_to_eps(inputs, dtype):
     x0_hat = predict_x0_from_eps(schedule, xt, t, eps)
     assert x0_hat.dtype == dtype
     scale = (np.abs(xt) + a * np.abs(x0_hat) + b * np.abs(eps)) / b
-    assert_close(predict_eps_from_x0(schedule, xt, t, x0_hat), eps, scale=scale, tol=tol)
+    assert_close(predict_eps_from_x0(schedule, xt, t, x0_hat), eps, scale=scale, tol=tol,
+                 what=f"eps -> your x0 -> eps (E14 undoes E13) at t = {t}")
     eps_hat = predict_eps_from_x0(schedule, xt, t, x0)
     scale = (np.abs(xt) + a * np.abs(x0) + b * np.abs(eps_hat)) / a
-    assert_close(predict_x0_from_eps(schedule, xt, t, eps_hat), x0, scale=scale, tol=tol)
+    assert_close(predict_x0_from_eps(schedule, xt, t, eps_hat), x0, scale=scale, tol=tol,
+                 what=f"x0 -> eps -> your x0 at t = {t}")
 
 
 @given(posterior_inputs(min_t=1))
@@ -326,6 +333,138 @@ def test_e9_e16_ancestral_sampling_with_the_exact_reverse_process_gives_the_data
     variance = 0.09 - table[1]
     assert abs(x0.mean() - 0.5) < 5 * math.sqrt(variance / n)
     assert abs(x0.var() - variance) < 5 * variance * math.sqrt(2 / n)
+
+
+# --- ex03.3: the ancestral sampling loop ---------------------------------------------------------------------
+
+
+def check(ok: bool, message: str) -> None:
+    """A failure that says only what to fix (no introspection of the arrays involved)."""
+    if not ok:
+        raise AssertionError(message)
+
+
+def any_model(learned_range: bool = False):
+    """A model(x_t, t) that is some smooth function of both (sin(x_t + t / 10)); with learned_range, C more
+    channels u = tanh(x_t) in [-1, 1] for the variance (improved DDPM's interpolation)."""
+
+    def model(xt, t):
+        tt = np.asarray(t).reshape(-1, *(1,) * (xt.ndim - 1)) / 10.0
+        out = np.sin(xt + tt).astype(xt.dtype)
+        return np.concatenate([out, np.tanh(xt)], axis=1) if learned_range else out
+
+    return model
+
+
+def hand_composition(schedule, model, x_T, noises, **options):
+    """E16 written out: x_{t-1} = p_sample(model(x_t, t), x_t, t, z_t) for t = T, ..., 1, with z_t = noises[t]
+    for t > 1 and z_1 = 0. Returns the chain [x_0, ..., x_T]."""
+    chain = {schedule.T: x_T}
+    for t in range(schedule.T, 0, -1):
+        xt = chain[t]
+        z = noises[t] if t > 1 else np.zeros_like(xt)
+        chain[t - 1] = p_sample(schedule, model(xt, np.full(len(xt), t)), xt, t, noise=z, **options)
+    return np.stack([chain[t] for t in range(schedule.T + 1)])
+
+
+@pytest.mark.exercise("ex03.3")
+@pytest.mark.parametrize(("kind", "prediction_type", "variance_type", "dtype", "shape"), [
+    ("linear", "epsilon", "fixed_small", np.float64, (5, 3)),
+    ("cosine", "sample", "fixed_large", np.float64, (2, 1, 3, 3)),
+    ("zero_terminal_snr", "v_prediction", "learned_range", np.float64, (4, 2)),
+    ("linear", "epsilon", "fixed_large", np.float32, (6, 2)),
+], ids=["eps-small", "x0-large-images", "v-learned", "eps-float32"])
+def test_e16_the_loop_is_the_composition_of_p_sample_steps(kind, prediction_type, variance_type, dtype, shape):
+    """[E9][E16] With the noise of one seed, drawn in the documented order (x_T, then z_T, ..., z_2), the loop must
+    give the chain composed here by hand from single p_sample steps, every x_t of it."""
+    schedule = noise_schedule(kind, 24)
+    model = any_model(variance_type == "learned_range")
+    rng = np.random.default_rng(3)
+    x_T = rng.standard_normal(shape, dtype=dtype)
+    noises = {t: rng.standard_normal(shape, dtype=dtype) for t in range(schedule.T, 1, -1)}
+    options = {"prediction_type": prediction_type, "variance_type": variance_type}
+    expected = hand_composition(schedule, model, x_T, noises, **options)
+    chain = p_sample_loop(schedule, model, shape, np.random.default_rng(3), dtype=dtype, return_trajectory=True,
+                          **options)
+    check(isinstance(chain, np.ndarray) and chain.shape == expected.shape,
+          f"return_trajectory=True: expected an array of shape (T + 1, *shape) = {expected.shape}, got "
+          f"{getattr(chain, 'shape', type(chain).__name__)}")
+    assert_close(chain[schedule.T], x_T, what="trajectory[T] should be x_T, the first draw of rng:")
+    for t in range(schedule.T - 1, -1, -1):
+        assert_close(chain[t], expected[t], scale=1.0 + np.abs(expected[t]),
+                     what=f"x_{t} (trajectory[{t}]) is not p_sample applied to x_{t + 1} with the next noise draw:")
+    x0 = p_sample_loop(schedule, model, shape, np.random.default_rng(3), dtype=dtype, **options)
+    assert_close(x0, expected[0], scale=1.0 + np.abs(expected[0]), what="without return_trajectory, x_0:")
+
+
+@pytest.mark.exercise("ex03.3")
+def test_e9_e16_the_loop_with_the_exact_mixture_eps_draws_the_mixture():
+    """[E9][E16] With the exact eps of a noised Gaussian mixture (3 components, 2-D), ancestral sampling from
+    N(0, I) must draw the mixture: means, covariances and mixture weights within 5 standard errors of fresh
+    draws (T = 100, sigma_t^2 = beta_t, 2000 samples; the sampler's own bias there is below 0.5 s.e.)."""
+    from test_samplers_gmm import GMM, assert_same_distribution
+
+    schedule = noise_schedule("linear", 100)
+    samples = p_sample_loop(schedule, GMM.eps_model(schedule), (2000, 2), np.random.default_rng(11),
+                            variance_type="fixed_large")
+    check(isinstance(samples, np.ndarray) and samples.shape == (2000, 2),
+          f"expected x_0 of shape (2000, 2), got {getattr(samples, 'shape', type(samples).__name__)}")
+    assert_same_distribution(samples, np.random.default_rng(12), "the samples of p_sample_loop")
+
+
+@pytest.mark.exercise("ex03.3")
+@pytest.mark.parametrize("variance_type", ["fixed_small", "learned_range"])
+def test_e16_the_last_step_adds_no_noise(variance_type):
+    """[E16] z = 0 at t = 1: x_0 is the mean mu_theta(x_1, 1) of the last reverse step, not a draw around it."""
+    schedule = noise_schedule("linear", 25)
+    model = any_model(variance_type == "learned_range")
+    chain = p_sample_loop(schedule, model, (64, 2), np.random.default_rng(4), variance_type=variance_type,
+                          return_trajectory=True)
+    x1 = chain[1]
+    mean = p_mean_variance(schedule, model(x1, np.full(64, 1)), x1, 1, variance_type=variance_type).mean
+    assert_close(chain[0], mean, scale=1.0 + np.abs(mean), what="x_0 should be mu_theta(x_1, 1), with no noise:")
+
+
+@pytest.mark.exercise("ex03.3")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("given_x_T", [False, True])
+def test_e16_the_loop_keeps_the_dtype(dtype, given_x_T):
+    """float32 in, float32 out: x_T drawn in `dtype` (or the given x_T's dtype), and every step kept in it."""
+    schedule = noise_schedule("cosine", 6)
+    x_T = np.random.default_rng(0).standard_normal((3, 2)).astype(dtype) if given_x_T else None
+    other = np.float64 if dtype == np.float32 else np.float32
+    kwargs = {"x_T": x_T, "dtype": other} if given_x_T else {"dtype": dtype}  # a given x_T decides the dtype
+    for return_trajectory in (False, True):
+        out = p_sample_loop(schedule, any_model(), (3, 2), np.random.default_rng(1),
+                            return_trajectory=return_trajectory, **kwargs)
+        what = "the trajectory" if return_trajectory else "x_0"
+        check(out.dtype == dtype, f"keep the dtype of x_T in {what}: expected {np.dtype(dtype)}, got {out.dtype}")
+
+
+@pytest.mark.exercise("ex03.3")
+def test_e16_the_loop_calls_the_model_T_times_on_the_current_x_t():
+    """[E16] One model call per step, t = T, T - 1, ..., 1 in turn, t an integer array with one timestep per
+    example (shape (B,)), x the current x_t of the chain; the given x_T is left unchanged."""
+    schedule = noise_schedule("cosine", 7)
+    calls = []
+    base = any_model()
+
+    def model(xt, t):
+        calls.append((xt.copy(), np.array(t, copy=True)))
+        return base(xt, t)
+
+    x_T = np.random.default_rng(2).standard_normal((4, 3))
+    x_T_before = x_T.copy()
+    chain = p_sample_loop(schedule, model, (4, 3), np.random.default_rng(5), x_T=x_T, return_trajectory=True)
+    got_ts = [c[1].tolist() for c in calls]
+    check(len(calls) == schedule.T, f"expected T = {schedule.T} model calls (t = T, ..., 1), got {len(calls)}")
+    for k, (xt, t) in enumerate(calls):
+        step_t = schedule.T - k
+        check(t.shape == (4,) and t.dtype.kind in "iu",
+              f"call {k + 1}: pass t as an integer array of shape (B,) = (4,), one per example; got {t!r}")
+        check(bool(np.all(t == step_t)), f"call {k + 1} should be at t = {step_t}; the calls had t = {got_ts}")
+        assert_close(xt, chain[step_t], what=f"call {k + 1} (t = {step_t}) should see the current x_{step_t}:")
+    np.testing.assert_array_equal(x_T, x_T_before, err_msg="x_T was changed in place: start from a copy")
 
 
 # --- bad input ------------------------------------------------------------------------------------------

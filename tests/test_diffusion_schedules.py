@@ -106,8 +106,9 @@ def test_e6_cosine_betas_are_clipped_only_where_they_exceed_max_beta(T, s, max_b
     betas = cosine_betas(T, s=s, max_beta=max_beta)
     clipped = raw > max_beta
     assert clipped[-1]
-    np.testing.assert_array_equal(betas[clipped], max_beta)
-    assert_close(betas[~clipped], raw[~clipped], scale=1.0)
+    np.testing.assert_array_equal(betas[clipped], max_beta,
+                                  err_msg=f"where 1 - f(t) / f(t - 1) > max_beta = {max_beta}, beta_t is max_beta")
+    assert_close(betas[~clipped], raw[~clipped], scale=1.0, what="the unclipped beta_t = 1 - f(t) / f(t - 1)")
     if (T, max_beta) == (1000, 0.999):
         assert clipped.sum() == 1  # with the paper's settings only beta_T is clipped
 
@@ -121,8 +122,9 @@ def test_e6_cosine_alpha_bar_is_the_ratio_of_f(T, s):
     alpha_bars = NoiseSchedule(betas).alpha_bars
     unclipped = np.flatnonzero(betas >= 0.999)[0]  # t = unclipped + 1 is the first clipped step
     for t in np.unique(np.linspace(0, unclipped, 12).astype(int)):
-        assert alpha_bars[t] == pytest.approx(cosine_f(t, T, s) / cosine_f(0, T, s), rel=1e-12, abs=1e-300)
-    assert np.all(np.diff(alpha_bars) < 0)
+        assert alpha_bars[t] == pytest.approx(cosine_f(t, T, s) / cosine_f(0, T, s), rel=1e-12, abs=1e-300), \
+            f"T = {T}, s = {s}: alpha_bar_{t} from your betas is not f({t}) / f(0)"
+    assert np.all(np.diff(alpha_bars) < 0), "every beta_t must be > 0: alpha_bar_t must fall at every step"
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

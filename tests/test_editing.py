@@ -239,10 +239,11 @@ def test_e49_sdedit_start_of_a_sigma_sampler_uses_its_noise_level():
     t = sampler.timesteps[begin]
     assert t <= 500 < sampler.timesteps[begin - 1], f"begin {begin}: timestep {t} is not the first <= 500"
     ab = longhand_alpha_bar(int(t))  # Euler's timesteps are integers here (leading spacing)
-    assert_close(x_start, x0 + math.sqrt((1.0 - ab) / ab) * noise, scale=np.abs(x0) + 10 * np.abs(noise))
+    assert_close(x_start, x0 + math.sqrt((1.0 - ab) / ab) * noise, scale=np.abs(x0) + 10 * np.abs(noise),
+                 what=f"t0 = 0.5: Euler's x0 + sigma_t noise at t = {t}")
     x_start, begin = sdedit_start(sampler, x0, 1.0, noise)
-    assert begin == 0
-    assert_close(x_start, noise * sampler.init_noise_sigma)
+    assert begin == 0, f"t0 = 1 must keep every step (begin = 0), got {begin}"
+    assert_close(x_start, noise * sampler.init_noise_sigma, what="t0 = 1: the prior's draw, init_noise_sigma * noise")
 
 
 # --- E50: inpainting --------------------------------------------------------------------------------------
@@ -390,7 +391,8 @@ def test_e50_e3_replace_known_takes_the_noised_input_on_the_known_region(dtype):
     masks = [rng.integers(0, 2, (4, 5)).astype(bool), rng.integers(0, 2, (1, 4, 5)), rng.integers(0, 2, shape) * 1.0]
     for mask, t in itertools.product(masks, (1, 37, 1000)):
         out = replace_known(SCHEDULE, generated, known, mask, t, noise)
-        assert out.shape == shape and out.dtype == dtype, f"got shape {out.shape}, dtype {out.dtype}"
+        assert out.shape == shape, f"expected the shape of x_generated, {shape}, got {out.shape}"
+        assert out.dtype == dtype, f"keep x_generated's dtype: expected {np.dtype(dtype)}, got {out.dtype}"
         m = np.broadcast_to(mask, shape) == 1
         ab = longhand_alpha_bar(t)
         signal, scaled_noise = math.sqrt(ab) * known.astype(np.float64), math.sqrt(1 - ab) * noise

@@ -1,4 +1,4 @@
-"""The fused sampler update: its NumPy twin as mathematics (exercise 0.1), every compiled backend
+"""The fused sampler update: its NumPy twin as mathematics (exercise 11.4), every compiled backend
 against the twin, and bad input at the Python and C++ boundaries."""
 
 from __future__ import annotations
@@ -65,7 +65,8 @@ def test_ref_equals_the_formula_element_by_element(inputs):
     expected, scale = longhand(x, eps, z, coefs)
     got = run_ref(x, eps, z, coefs)
     assert got.dtype == x.dtype
-    assert_close(got, expected, scale=scale)
+    assert_close(got, expected, scale=scale, what=f"c_x x + c_eps eps + c_z z [+ c_x0 clip(r_x x + r_eps eps)] (clip "
+                 f"{coefs.clip}, z {'None' if z is None else 'given'})")
 
 
 @pytest.mark.exercise("ex11.4")
@@ -80,7 +81,8 @@ def test_ref_without_clip_is_linear_in_x_eps_z(inputs, a, b):
     rhs = a * run_ref(*u, coefs) + b * run_ref(*w, coefs)
     cs = (coefs.c_x, coefs.c_eps, coefs.c_z)
     scale = sum(abs(c) * (abs(a * p) + abs(b * q)) for c, p, q in zip(cs, u, w, strict=True))
-    assert_close(lhs, rhs, scale=scale)
+    assert_close(lhs, rhs, scale=scale, what="without clip the step is linear in (x, eps, z): f(a u + b w) = a f(u) + "
+                 "b f(w)")
 
 
 @pytest.mark.exercise("ex11.4")
@@ -97,7 +99,7 @@ def test_ref_clip_is_inactive_inside_the_bound_and_saturates_outside(inputs):
     inside = np.abs(x0) <= coefs.clip
     expected = np.where(inside, base + coefs.c_x0 * x0, base + coefs.c_x0 * np.sign(x0) * coefs.clip)
     scale = np.abs(base) + np.abs(coefs.c_x0) * (np.abs(coefs.r_x * x) + np.abs(coefs.r_eps * eps)) + 1.0
-    assert_close(got, expected, scale=scale)
+    assert_close(got, expected, scale=scale, what=f"the x0 term c_x0 clip(x0, -{coefs.clip}, {coefs.clip})")
 
 
 # --- every backend against the twin -------------------------------------------------------------

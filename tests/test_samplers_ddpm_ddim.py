@@ -156,8 +156,10 @@ def test_e32_one_step_is_the_ddim_formula_with_diffusers_previous_timestep(spaci
         sigma = 0.6 * math.sqrt((1 - ab_prev) / (1 - ab)) * math.sqrt(1 - ab / ab_prev)
         terms = (math.sqrt(ab_prev) * x0, math.sqrt(1 - ab_prev - sigma**2) * eps, sigma * z)
         out = sampler.step(eps, t, x, noise=z)
-        assert_close(out.prev_sample, sum(terms), scale=sum(np.abs(term) for term in terms) + np.abs(x0))
-        assert_close(out.pred_original_sample, x0, scale=np.abs(x) / math.sqrt(ab) + np.abs(x0))
+        assert_close(out.prev_sample, sum(terms), scale=sum(np.abs(term) for term in terms) + np.abs(x0),
+                     what=f"x_t' = sqrt(ab_t') x0_hat + sqrt(1 - ab_t' - sigma^2) eps + sigma z, t={t}, t'={t_prev}")
+        assert_close(out.pred_original_sample, x0, scale=np.abs(x) / math.sqrt(ab) + np.abs(x0),
+                     what=f"x0_hat at t = {t}")
     if spacing == "linspace" and not custom:
         assert list(timesteps[:2]) == [1000, 889]  # and the step from 1000 lands on 900 (checked above)
 

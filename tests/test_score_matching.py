@@ -209,7 +209,10 @@ def test_e27_dsm_fit_recovers_the_noised_gaussian_score():
     xtx_inv = np.linalg.inv(X.T @ X)
     for j in range(2):
         se = np.sqrt(residual[:, j].var() * np.diag(xtx_inv))  # (3,)
-        assert np.all(np.abs(coef[j] - np.append(A[j], -A[j] @ MU)) < 5 * se), (coef[j], A[j], se)
+        best = np.append(A[j], -A[j] @ MU)  # (3,): the score of N(mu, Sigma + sigma^2 I), row j
+        assert np.all(np.abs(coef[j] - best) < 5 * se), \
+            f"score component {j}: minimizing your loss gave (weights, bias) {np.round(coef[j], 4)}\n" \
+            f"the noised data's score: {np.round(best, 4)} (5 s.e. {np.round(5 * se, 4)}): is the target -eps / sigma?"
 
 
 @pytest.mark.exercise("ex05.2")

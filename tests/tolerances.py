@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from feedback import mismatch
 
 
 @dataclass(frozen=True)
@@ -72,21 +73,15 @@ DIFFUSERS_SIGMA_RUN = Tol(atol=1e-6, rtol=2e-5)
 
 
 def assert_close(actual, expected, dtype=None, scale=None, what: str = "", tol: Tol | None = None) -> None:
-    """tol: one of the named entries above instead of the dtype's."""
-    actual = np.asarray(actual)
-    expected = np.asarray(expected)
-    assert actual.shape == expected.shape, f"{what} shape {actual.shape} != expected {expected.shape}"
-    tol = tol or TOLERANCES[np.dtype(dtype or actual.dtype)]
-    scale = np.abs(expected) if scale is None else np.asarray(scale)
-    err = np.abs(actual.astype(np.float64) - expected.astype(np.float64))
-    bound = tol.atol + tol.rtol * scale
-    bad = ~(err <= bound)  # NaN counts as bad
-    if bad.any():
-        i = np.unravel_index(np.argmax(np.where(bad, err - bound, -np.inf)), bad.shape) if bad.ndim else ()
-        raise AssertionError(
-            f"{what} {int(bad.sum())} of {bad.size} elements off: at {i} got {actual[i]!r}, expected "
-            f"{expected[i]!r} (|err| {err[i]:.3g} > {bound[i] if np.ndim(bound) else bound:.3g})"
-        )
+    """tol: one of the named entries above instead of the dtype's. A failure says what is wrong in a sentence
+    (None, a shape, NaN or inf, the worst element, a guess at the mistake: see feedback.mismatch), no array dump."""
+    if tol is None:
+        kind = np.dtype(dtype) if dtype is not None else np.asarray(expected if actual is None else actual).dtype
+        tol = TOLERANCES.get(kind, TOLERANCES[np.dtype(np.float64)])  # an integer result: judged as float64
+    why = mismatch(actual, expected, tol, scale=scale, what=what)
+    if why:
+        raise AssertionError(why)
+
 
 # A float32 U-Net against diffusers' float32 UNet2DModel, max |error| relative to the output's largest value (the
 # issue asks 1e-4). Both round each of ~100 layers to 2^-24 relative, in other orders of summation, and diffusers

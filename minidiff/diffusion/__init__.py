@@ -1,7 +1,7 @@
-"""The mathematics of diffusion models: schedules, the forward process, the posterior, the reverse
-process, parameterizations, the training loss and the ELBO (chapters 02-04); scores and score
-matching, the analytic Gaussian-mixture oracle (chapter 05); SDEs, the probability flow ODE and the
-likelihood (chapter 06); flow matching (chapter 10).
+"""The mathematics of diffusion models: the exact denoiser of one Gaussian (chapter 00); schedules, the
+forward process, the posterior, the reverse process, parameterizations, the training loss and the ELBO
+(chapters 02-04); scores and score matching, the analytic Gaussian-mixture oracle (chapter 05); SDEs, the
+probability flow ODE and the likelihood (chapter 06); flow matching (chapter 10).
 
 Timesteps are t = 1..T (t = 0 is the data). A `NoiseSchedule` stores every per-step quantity once, in
 arrays of length T + 1 indexed by t itself. Each function implementing an equation of the book starts
@@ -33,6 +33,7 @@ from minidiff.diffusion.flow import (
     shift_flow_time,
 )
 from minidiff.diffusion.forward import q_mean_variance, q_sample, q_sample_trajectory, q_step, q_step_mean_variance
+from minidiff.diffusion.gaussian import gaussian_posterior_mean
 from minidiff.diffusion.gmm import GaussianMixture
 from minidiff.diffusion.likelihood import likelihood_bits_per_dim, ode_log_likelihood
 from minidiff.diffusion.losses import (
@@ -128,6 +129,7 @@ __all__ = [
     "flow_time_from_alpha_bar",
     "flow_velocity_from_eps",
     "flow_x0_from_velocity",
+    "gaussian_posterior_mean",
     "implicit_score_matching_loss",
     "l_simple",
     "likelihood_bits_per_dim",

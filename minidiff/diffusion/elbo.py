@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 
 from minidiff.diffusion import _validate as _v
+from minidiff.diffusion import losses
 from minidiff.diffusion.forward import q_sample, q_step_mean_variance
-from minidiff.diffusion.losses import bits_per_dim, check_pixels, normal_kl, normal_log_prob
+from minidiff.diffusion.losses import bits_per_dim, check_pixels, normal_log_prob
 from minidiff.diffusion.posterior import q_posterior_mean_variance
 from minidiff.diffusion.reverse import (
     DECODERS,
@@ -28,6 +29,7 @@ from minidiff.diffusion.reverse import (
     prior_mean_log_variance,
 )
 from minidiff.diffusion.schedules import NoiseSchedule
+from minidiff.exercise_tools import exercise
 from minidiff.progress import progress
 
 
@@ -39,7 +41,7 @@ def prior_term(schedule: NoiseSchedule, x0: np.ndarray, prior: Any = None) -> np
     x0 = _v.float_array(x0, "x0")
     mean_q, variance_q = (np.asarray(a, np.float64) for a in _q_marginal_at_T(schedule, x0))
     mean_p, log_variance_p = prior_mean_log_variance(prior, x0)
-    return _per_example_sum(normal_kl(mean_q, np.log(variance_q), mean_p, log_variance_p))
+    return _per_example_sum(losses.normal_kl(mean_q, np.log(variance_q), mean_p, log_variance_p))
 
 
 def _q_marginal_at_T(schedule: NoiseSchedule, x0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -47,6 +49,7 @@ def _q_marginal_at_T(schedule: NoiseSchedule, x0: np.ndarray) -> tuple[np.ndarra
     return mean, np.full(x0.shape, schedule.one_minus_alpha_bars[schedule.T])
 
 
+@exercise("ex04.4")
 def denoising_term(schedule: NoiseSchedule, model_output: Any, x0: np.ndarray, xt: np.ndarray, t: Any, *,
                    prediction_type: str = "epsilon", variance_type: Any = "fixed_small") -> np.ndarray:
     """[E20] L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)) for t >= 2, a closed-form KL
@@ -54,12 +57,18 @@ def denoising_term(schedule: NoiseSchedule, model_output: Any, x0: np.ndarray, x
     t_checked = schedule.check_t(t, xt)
     if np.any(t_checked < 2):
         raise ValueError("t: the denoising terms are t = 2..T; t = 1 is the decoder term L_0 (decoder_nll)")
-    mean_q, _, log_variance_q = q_posterior_mean_variance(schedule, x0, xt, t)
+    # The posterior q(x_{t-1} | x_t, x_0) (E11) and the model's step p_theta(x_{t-1} | x_t) (E10) are diagonal
+    # Gaussians: their KL is E23 per dimension (in float64), summed over every dimension of an example.
+    # (losses.normal_kl is exercise 4.1's function; called so, it is graded here at its reference solution.)
+    # BEGIN SOLUTION ex04.4: q_posterior_mean_variance, p_mean_variance, losses.normal_kl (float64), sum per example
+    mean_q, _, log_variance_q = q_posterior_mean_variance(schedule, x0, xt, t)  # (B, ...) each
     step = p_mean_variance(schedule, model_output, xt, t, prediction_type=prediction_type,
                            variance_type=variance_type)
-    kl = normal_kl(np.asarray(mean_q, np.float64), np.asarray(log_variance_q, np.float64),
-                   np.asarray(step.mean, np.float64), np.asarray(step.log_variance, np.float64))
-    return _per_example_sum(kl)
+    kl = losses.normal_kl(np.asarray(mean_q, np.float64), np.asarray(log_variance_q, np.float64),
+                          np.asarray(step.mean, np.float64), np.asarray(step.log_variance, np.float64))  # (B, ...)
+    terms = _per_example_sum(kl)  # (B,) nats
+    # END SOLUTION
+    return terms
 
 
 def decoder_nll(schedule: NoiseSchedule, model_output: Any, x0: np.ndarray, x1: np.ndarray, *,

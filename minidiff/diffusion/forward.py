@@ -2,8 +2,8 @@
 
 Every function takes the schedule first, then the data, then the timestep t in 1..T: an int (the
 same step for the whole batch) or an int array of shape (B,) (one step per example, B = x.shape[0]).
-Random draws take an explicit `noise` array (standard normal, like the data) or a
-numpy.random.Generator `rng`; exactly one of the two.
+Random draws take an explicit `noise` array (standard normal, like the data; one per step, shape
+(T, *x0.shape), for the whole chain) or a numpy.random.Generator `rng`; exactly one of the two.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def q_sample(schedule: NoiseSchedule, x0: np.ndarray, t: Any, noise: np.ndarray 
     x0 = _v.float_array(x0, "x0")
     eps = _v.noise_for(x0, "x0", noise, rng)
     schedule.check_t(t, x0)
-    # BEGIN SOLUTION ex02.2: pick sqrt(alpha_bar_t) and sqrt(1 - alpha_bar_t) with schedule.at(..., t, x0), combine
+    # BEGIN SOLUTION ex02.2: schedule.at(values, t, x0) is values[t] shaped and typed to broadcast on x0 (any t)
     sqrt_alpha_bar = schedule.at(schedule.sqrt_alpha_bars, t, x0)  # () or (B, 1, ..., 1)
     sqrt_one_minus_alpha_bar = schedule.at(schedule.sqrt_one_minus_alpha_bars, t, x0)
     xt = x0 * sqrt_alpha_bar + eps * sqrt_one_minus_alpha_bar
@@ -67,15 +67,22 @@ def q_sample(schedule: NoiseSchedule, x0: np.ndarray, t: Any, noise: np.ndarray 
     return xt
 
 
-def q_sample_trajectory(schedule: NoiseSchedule, x0: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """[E1] x_1, ..., x_T drawn step by step from q(x_t | x_{t-1}), starting at x_0.
+@exercise("ex02.3")
+def q_sample_trajectory(schedule: NoiseSchedule, x0: np.ndarray, rng: np.random.Generator | None = None, *,
+                        noise: np.ndarray | None = None) -> np.ndarray:
+    """[E1] The forward chain: x_1, ..., x_T drawn step by step from q(x_t | x_{t-1}), starting at x_0.
 
-    Returns the whole trajectory, shape (T + 1, *x0.shape), indexed by t: out[0] is x0, out[T] is x_T.
-    Its marginal at each t is E3's q(x_t | x_0), which the tests check.
+    noise: eps_1..eps_T, shape (T, *x0.shape) and x0's dtype (noise[t - 1] is the eps_t of step t), or rng
+    to draw them. Returns the whole trajectory, shape (T + 1, *x0.shape) and x0's dtype, indexed by t:
+    out[0] is x0, out[T] is x_T. Its marginal at each t is E3's q(x_t | x_0), which the tests check.
     """
     x0 = _v.float_array(x0, "x0")
+    one_per_step = np.broadcast_to(x0, (schedule.T, *x0.shape))  # what the noise must look like
+    noise = _v.noise_for(one_per_step, "x0 repeated for t = 1..T", noise, rng)  # (T, ...)
+    # BEGIN SOLUTION ex02.3: out: (T + 1, *x0.shape), x0's dtype; out[t] = one step [E1] from out[t - 1], noise[t - 1]
     out = np.empty((schedule.T + 1, *x0.shape), x0.dtype)  # (T + 1, ...)
     out[0] = x0
     for t in range(1, schedule.T + 1):
-        out[t] = q_step(schedule, out[t - 1], t, rng=rng)
+        out[t] = q_step(schedule, out[t - 1], t, noise=noise[t - 1])
+    # END SOLUTION
     return out

@@ -208,34 +208,47 @@ def simple_loss(model_output: Any, target: Any, weights: Any = None) -> Any:
     return (squared * weights.reshape(shape[:1] + (1,) * (len(shape) - 1))).mean()
 
 
+@exercise("ex04.3")
 def l_simple(schedule: NoiseSchedule, model: Any, x0: np.ndarray, *, rng: np.random.Generator | None = None,
              t: Any = None, noise: np.ndarray | None = None, prediction_type: str = "epsilon",
              weighting: str | None = None, gamma: float = 5.0) -> Any:
     """[E15] L_simple = E_{t, x0, eps} || eps - eps_theta(x_t, t) ||^2, t uniform on 1..T, as a batch mean.
 
     x0: a batch (B, ...); model(xt, t) is called once with t of shape (B,). t and noise (eps) are
-    drawn from rng unless given. prediction_type picks the target (eps, x0 or v; `training_target`),
-    weighting the per-example weight (`loss_weights`). The squared error is averaged over dimensions
-    (DDPM's implementation; the sum over dimensions is D times larger). Returns a scalar (a Tensor
-    when the model returns one).
+    drawn from rng unless given, in that order: t = schedule.sample_timesteps(rng, B), then
+    eps = rng.standard_normal(x0.shape, dtype=x0.dtype). prediction_type picks the target (eps, x0
+    or v; `training_target`), weighting the per-example weight (`loss_weights`). The squared error is
+    averaged over dimensions (DDPM's implementation; the sum over dimensions is D times larger).
+    Returns a scalar (a Tensor when the model returns one).
     """
     x0 = _v.float_array(x0, "x0")
     if x0.ndim < 1:
         raise ValueError("x0: expected a batch, shape (B, ...), got a 0-d array")
     batch = x0.shape[0]
+    if t is not None:
+        t = schedule.check_t(t, x0)
+        t = np.full(batch, t) if t.ndim == 0 else t  # (B,)
+    if noise is not None:
+        noise = _v.noise_for(x0, "x0", noise, None)  # (B, ...), checked like x0
+    if (t is None or noise is None) and not isinstance(rng, np.random.Generator):
+        raise ValueError(f"rng: pass a numpy.random.Generator to draw {'t' if t is None else 'the noise'} "
+                         f"(or pass {'t' if t is None else 'noise'}), got {type(rng).__name__}")
+    # DDPM's training step (Ho et al. 2020, Algorithm 1): t uniform on 1..T, then eps ~ N(0, I) of x0's shape and
+    # dtype (each drawn from rng only when not given, in that order); x_t from x0 and eps (E3); the model's output
+    # at (x_t, t); its target (eps for an eps model); the mean squared error (simple_loss, with loss_weights(...)
+    # as the per-example weights when weighting is not None).
+    # BEGIN SOLUTION ex04.3: draw t then eps (unless given), q_sample, the model, simple_loss against training_target
     if t is None:
-        if rng is None:
-            raise ValueError("rng: pass a numpy.random.Generator to draw t (or pass t)")
-        t = schedule.sample_timesteps(rng, batch)
-    t = schedule.check_t(t, x0)
-    t = np.full(batch, t) if t.ndim == 0 else t
-    eps = _v.noise_for(x0, "x0", noise, rng if noise is None else None)
-    xt = q_sample(schedule, x0, t, noise=eps)
+        t = schedule.sample_timesteps(rng, batch)  # (B,) uniform on 1..T
+    eps = rng.standard_normal(x0.shape, dtype=x0.dtype) if noise is None else noise  # (B, ...)
+    xt = q_sample(schedule, x0, t, noise=eps)  # (B, ...)
     out = model(xt, t)
     _v.same_shape(out, "model output", x0, "x0")
     target = training_target(schedule, x0, eps, t, prediction_type)
     weights = None if weighting is None else loss_weights(schedule, t, prediction_type, weighting, gamma)
-    return simple_loss(out, target, weights)
+    loss = simple_loss(out, target, weights)
+    # END SOLUTION
+    return loss
 
 
 def bits_per_dim(nats: Any, num_dims: int) -> Any:

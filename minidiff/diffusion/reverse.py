@@ -8,14 +8,15 @@ sigma_t^2 according to `variance_type`:
   "fixed_small"    beta_tilde_t, the posterior variance (the lower of DDPM's two choices; at t = 1,
                    where beta_tilde_1 = 0, beta_tilde_2 as in improved DDPM, so the decoder has a width);
   "fixed_large"    beta_t (the upper choice);
-  "learned_range"  the model outputs 2C channels along axis 1: C for the prediction, then C values v in
-                   [-1, 1], and log sigma_t^2 = f log beta_t + (1 - f) log beta_tilde_t, f = (v + 1) / 2
-                   (improved DDPM);
+  "learned_range"  the model outputs 2C channels along axis 1: C for the prediction, then C values u in
+                   [-1, 1], and log sigma_t^2 = f log beta_t + (1 - f) log beta_tilde_t, f = (u + 1) / 2
+                   (improved DDPM, whose paper calls u "v"; here v is the velocity of E14);
   an array         sigma_t^2 for t = 0..T (index t; e.g. the exact reverse variances of a known data set).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -25,7 +26,9 @@ from minidiff.diffusion.losses import discretized_gaussian_log_likelihood, norma
 from minidiff.diffusion.parameterization import PREDICTION_TYPES, _eps_is_informative, to_eps_x0
 from minidiff.diffusion.posterior import q_posterior_mean_variance
 from minidiff.diffusion.schedules import NoiseSchedule
+from minidiff.exercise_tools import exercise
 from minidiff.kernels import StepCoefs, sampler_step
+from minidiff.kernels._checks import FLOAT_DTYPES
 
 VARIANCE_TYPES = ("fixed_small", "fixed_large", "learned_range")
 DECODERS = ("discretized", "gaussian")
@@ -62,8 +65,9 @@ def _variance_table(schedule: NoiseSchedule, variance_type: Any) -> tuple[np.nda
 def reverse_variance(schedule: NoiseSchedule, t: Any, like: Any, variance_type: Any = "fixed_small",
                      var_output: Any = None) -> tuple[Any, Any]:
     """[E10] sigma_t^2 of p_theta(x_{t-1} | x_t) = N(mu_theta, sigma_t^2 I): beta_tilde_t ("fixed_small"),
-    beta_t ("fixed_large"), exp(f log beta_t + (1 - f) log beta_tilde_t) with f = (v + 1) / 2
-    ("learned_range", v = var_output), or a given table. Returns (variance, log_variance), shaped like `like`.
+    beta_t ("fixed_large"), exp(f log beta_t + (1 - f) log beta_tilde_t) with f = (u + 1) / 2
+    ("learned_range", u = var_output in [-1, 1]), or a given table. Returns (variance, log_variance), shaped
+    like `like`.
     """
     table = _variance_table(schedule, variance_type)
     shape = _v.shape_of(like)
@@ -168,43 +172,66 @@ def p_sample(schedule: NoiseSchedule, model_output: Any, xt: np.ndarray, t: Any,
     return step.mean + np.exp(0.5 * np.asarray(step.log_variance)).astype(xt.dtype) * z * keep
 
 
+def _ancestral_stepper(schedule: NoiseSchedule, *, prediction_type: str, variance_type: Any,
+                       clip_denoised: bool) -> Callable[[Any, np.ndarray, int, np.ndarray | None], np.ndarray]:
+    """step(model_output, x_t, t, z) -> x_{t-1} [E16]: `p_sample` with these options and the noise z (None at
+    t = 1). Fixed variances run it as one fused kernel call (`ancestral_step_coefs`), the same numbers."""
+    _v.choice(prediction_type, "prediction_type", PREDICTION_TYPES)
+    fused = _variance_table(schedule, variance_type) is not None
+
+    def step(model_output: Any, xt: np.ndarray, t: int, z: np.ndarray | None) -> np.ndarray:
+        if z is None and t > 1:
+            raise ValueError(f"z: the step from t = {t} > 1 needs noise z ~ N(0, I) of x_t's shape; only the last "
+                             "step (t = 1) takes z = None")
+        if fused:
+            coefs = ancestral_step_coefs(schedule, t, prediction_type=prediction_type, variance_type=variance_type,
+                                         clip_denoised=clip_denoised)
+            return sampler_step(xt, np.ascontiguousarray(model_output, dtype=xt.dtype), z, coefs)
+        return p_sample(schedule, model_output, xt, t, noise=np.zeros_like(xt) if z is None else z,
+                        prediction_type=prediction_type, variance_type=variance_type, clip_denoised=clip_denoised)
+
+    return step
+
+
+@exercise("ex03.3")
 def p_sample_loop(schedule: NoiseSchedule, model: Any, shape: tuple[int, ...], rng: np.random.Generator, *,
                   x_T: np.ndarray | None = None, dtype: Any = np.float64, prediction_type: str = "epsilon",
                   variance_type: Any = "fixed_small", clip_denoised: bool = False,
                   return_trajectory: bool = False) -> np.ndarray:
     """[E9][E16] Ancestral sampling of p_theta(x_{0:T}) = p(x_T) prod_t p_theta(x_{t-1} | x_t):
-    x_T ~ p(x_T) = N(0, I) (or the given x_T), then E16 for t = T..1.
+    x_T ~ p(x_T) = N(0, I) (or the given x_T), then x_{t-1} = mu_theta(x_t, t) + sigma_t z for t = T, ..., 1,
+    with z ~ N(0, I) for t > 1 and no noise at t = 1 (the last step returns the decoder's mean).
 
-    shape: (B, ...) of a batch. Fixed variances run each step as one fused kernel call
-    (`ancestral_step_coefs`); "learned_range" goes through `p_sample`. Both draw z from rng for t > 1
-    only, so a seed gives the same samples either way. Returns x_0, or with return_trajectory the
-    whole chain, shape (T + 1, *shape), indexed by t.
+    model(x_t, t) gets t as an int64 array of shape (B,), one timestep per example. shape: (B, ...) of a
+    batch; dtype: of x_T when drawn (float32 or float64), kept by every step. Randomness, in this order:
+    x_T = rng.standard_normal(shape, dtype) unless x_T is given, then z = rng.standard_normal(x.shape, x.dtype)
+    for t = T, ..., 2; so a seed fixes the samples. Returns x_0, or with return_trajectory the whole chain,
+    shape (T + 1, *shape), indexed by t (x_0 first).
     """
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng: expected a numpy.random.Generator, got {type(rng).__name__}")
-    if x_T is None:
-        x = rng.standard_normal(tuple(shape), dtype=np.dtype(dtype))
-    else:
-        x = _v.float_array(x_T, "x_T").copy()
-        if x.shape != tuple(shape):
-            raise ValueError(f"x_T: expected shape {tuple(shape)}, got {x.shape}")
-    if x.ndim < 1:
-        raise ValueError(f"shape: expected a batch shape (B, ...), got {tuple(shape)}")
-    fused = _variance_table(schedule, variance_type) is not None
-    trajectory = [x.copy()] if return_trajectory else None
+    shape = tuple(shape)
+    if len(shape) < 1:
+        raise ValueError(f"shape: expected a batch shape (B, ...), got {shape}")
+    if x_T is not None:
+        x_T = _v.float_array(x_T, "x_T")
+        if x_T.shape != shape:
+            raise ValueError(f"x_T: expected shape {shape}, got {x_T.shape}")
+    elif np.dtype(dtype) not in FLOAT_DTYPES:
+        raise TypeError(f"dtype: expected float32 or float64, got {np.dtype(dtype)}")
+    step = _ancestral_stepper(schedule, prediction_type=prediction_type, variance_type=variance_type,
+                              clip_denoised=clip_denoised)  # step(model_output, x_t, t, z) -> x_{t-1}
+    # BEGIN SOLUTION ex03.3: x_T ~ N(0, I); for t = T..1: out = model(x, t array), z if t > 1, x = step(out, x, t, z)
+    x = rng.standard_normal(shape, dtype=dtype) if x_T is None else x_T.copy()  # x_T, (B, ...)
+    trajectory = [x]
     for t in range(schedule.T, 0, -1):
-        out = model(x, np.full(x.shape[0], t, dtype=np.int64))
-        z = rng.standard_normal(x.shape, dtype=x.dtype) if t > 1 else None
-        if fused:
-            coefs = ancestral_step_coefs(schedule, t, prediction_type=prediction_type, variance_type=variance_type,
-                                         clip_denoised=clip_denoised)
-            x = sampler_step(x, np.ascontiguousarray(out, dtype=x.dtype), z, coefs)
-        else:
-            x = p_sample(schedule, out, x, t, noise=np.zeros_like(x) if z is None else z,
-                         prediction_type=prediction_type, variance_type=variance_type, clip_denoised=clip_denoised)
-        if trajectory is not None:
-            trajectory.append(x.copy())
-    return np.stack(trajectory[::-1]) if trajectory is not None else x
+        out = model(x, np.full(shape[0], t, dtype=np.int64))  # (B, ...)
+        z = rng.standard_normal(shape, dtype=x.dtype) if t > 1 else None  # no noise at the last step
+        x = step(out, x, t, z)  # x_{t-1}
+        if return_trajectory:
+            trajectory.append(x)
+    return np.stack(trajectory[::-1]) if return_trajectory else x
+    # END SOLUTION
 
 
 def _per_example_sum(a: np.ndarray) -> np.ndarray:

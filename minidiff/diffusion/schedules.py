@@ -94,7 +94,7 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarra
     max_beta = _v.finite(max_beta, "max_beta")
     if not 0.0 < max_beta < 1.0:
         raise ValueError(f"max_beta: expected a value in (0, 1), got {max_beta}")
-    # BEGIN SOLUTION ex02.1: f(t) for t = 0..T, alpha_bar = f / f(0), beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}, clip
+    # BEGIN SOLUTION ex02.1: f at every t = 0..T in one go (np.arange); ratios of neighbours; np.minimum clips
     t = np.arange(T + 1, dtype=np.float64)  # 0..T
     f = np.cos((t / T + s) / (1 + s) * (np.pi / 2)) ** 2
     alpha_bar = f / f[0]  # (T + 1,), alpha_bar[0] = 1

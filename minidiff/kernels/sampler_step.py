@@ -15,7 +15,7 @@ a v or x0 model only changes r_x and r_eps.) Fusing it reads each input once and
 NumPy makes a temporary per operator.
 
 Implementations, all with the arguments (x, eps, z, coefs, out):
-    sampler_step_ref    NumPy, the reference twin (exercise 0.1)
+    sampler_step_ref    NumPy, the reference twin (exercise 11.4)
     _cpp                csrc/cpu/sampler.cpp, an OpenMP loop over csrc/include/minidiff/sampler.h
     _cuda, _cuda_emu    csrc/cuda/sampler_step.cu on a GPU, or on the CPU under cuda_emu.h
 and `sampler_step`, which checks its arguments and runs the one of the current backend.

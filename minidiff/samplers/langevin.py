@@ -118,7 +118,7 @@ def langevin_step(x: np.ndarray, score: np.ndarray, step_size: Any, z: np.ndarra
     _v.like(z, "z", x, "x")
     delta = _step_sizes(step_size, x.shape[0])  # () or (B,), float64
     # BEGIN SOLUTION ex05.1: E25 with delta / 2 and sqrt(delta), broadcast over each example's axes, in x's dtype
-    if delta.ndim == 0:  # one step for the whole batch: the fused kernel of chapter 00
+    if delta.ndim == 0:  # one step for the whole batch: the fused kernel of chapter 11
         d = float(delta)
         return sampler_step(x, score, z, StepCoefs(c_x=1.0, c_eps=0.5 * d, c_z=math.sqrt(d)))
     delta = delta.reshape((-1,) + (1,) * (x.ndim - 1))  # (B, 1, ..., 1): one step size per example
