@@ -5,6 +5,10 @@
 NumPy twins of the forward and the backward; compiled versions plug in through the same functions.
 Windows are read with sliding_window_view (no copy) and contracted with tensordot (BLAS).
 
+The same convolution as matrix products (Chellapilla, Puri & Simard 2006), for chapter 11: `im2col` lays every
+window out as one column, so the forward is W (O, C KH KW) @ cols (C KH KW, HO WO) per image
+(`conv2d_forward_im2col`) and the weight gradient one product over all images (`conv2d_weight_grad_gemm`).
+
 `conv2d_forward` and `conv2d_backward` check their arguments and run the current backend's version: the
 twins on "numpy", csrc/cpu/conv2d.cpp on "cpp" (per-image im2col into the packed GEMM of kernels/gemm.py).
 """
@@ -69,6 +73,50 @@ def conv2d_backward_ref(grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray,
     grad_cols = np.tensordot(grad_out, weight, axes=([1], [0]))  # (N, HO, WO, C, KH, KW)
     grad_x = scatter_windows(grad_cols.transpose(0, 3, 1, 2, 4, 5), x.shape, stride, padding)
     return grad_x, grad_weight
+
+
+@exercise("ex11.1")
+def im2col(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], padding: tuple[int, int]) -> np.ndarray:
+    """x (N, C, H, W) -> cols (N, C KH KW, HO WO): column y WO + x of image n holds the window under output pixel
+    (y, x), in the order of the weight's (c, i, j): cols[n, (c KH + i) KW + j, y WO + x] = x_pad[n, c, y sh + i,
+    x sw + j], x_pad being x with `padding` zeros on each side. kernel, stride, padding: (height, width) pairs."""
+    n, c, h, w = x.shape
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    ho, wo = output_size(h, kh, sh, ph), output_size(w, kw, sw, pw)
+    x_pad = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))  # (N, C, H + 2 ph, W + 2 pw)
+    cols = np.empty((n, c, kh, kw, ho, wo), x.dtype)
+    # BEGIN SOLUTION ex11.1: for each kernel offset (i, j), output pixel (y, x) reads x_pad[:, :, y*sh + i, x*sw + j]
+    for i in range(kh):
+        for j in range(kw):
+            cols[:, :, i, j] = x_pad[:, :, i : i + sh * ho : sh, j : j + sw * wo : sw]  # (N, C, HO, WO)
+    # END SOLUTION
+    return cols.reshape(n, c * kh * kw, ho * wo)
+
+
+def conv2d_forward_im2col(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int],
+                          padding: tuple[int, int]) -> np.ndarray:
+    """x (N, C, H, W), weight (O, C, KH, KW) -> (N, O, HO, WO) as one matrix product per image:
+    out_n (O, HO WO) = W (O, C KH KW) @ cols_n (C KH KW, HO WO). The teaching form of conv2d_forward_ref."""
+    stride, padding = _check_conv(x, weight, stride, padding)
+    cols = im2col(x, weight.shape[2:], stride, padding)  # (N, C KH KW, HO WO)
+    out = weight.reshape(weight.shape[0], cols.shape[1]) @ cols  # (N, O, HO WO): the product broadcast over images
+    return out.reshape(_out_shape(x, weight, stride, padding))
+
+
+@exercise("ex11.3")
+def conv2d_weight_grad_gemm(grad_out: np.ndarray, cols: np.ndarray, weight_shape: tuple[int, int, int, int]
+                            ) -> np.ndarray:
+    """grad_out (N, O, HO, WO), cols = im2col(x, ...) (N, C KH KW, HO WO) -> grad_weight (O, C, KH, KW) as one GEMM
+    over every output position of every image: grad_W (O, C KH KW) = G (O, N HO WO) @ cols^T (N HO WO, C KH KW),
+    since out[n, o, p] = sum_r W[o, r] cols[n, r, p] gives dL/dW[o, r] = sum_{n, p} grad_out[n, o, p] cols[n, r, p]."""
+    n, o, ho, wo = grad_out.shape
+    rows = cols.shape[1]  # C KH KW
+    # BEGIN SOLUTION ex11.3: lay grad_out out as (O, N*HO*WO) and cols as (C*KH*KW, N*HO*WO), then one product
+    g = grad_out.transpose(1, 0, 2, 3).reshape(o, n * ho * wo)  # (O, N HO WO)
+    cols_all = cols.transpose(1, 0, 2).reshape(rows, n * ho * wo)  # (C KH KW, N HO WO)
+    grad_w = g @ cols_all.T  # (O, C KH KW)
+    # END SOLUTION
+    return grad_w.reshape(weight_shape)
 
 
 def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int],
