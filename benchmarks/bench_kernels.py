@@ -1,4 +1,4 @@
-"""The C++ kernels of chapter 11 (GEMM, conv2d) against NumPy's BLAS and PyTorch (CPU), 1 and 2 threads, one run.
+"""The C++ kernels of chapter 11 (GEMM, conv2d, group norm) against NumPy and PyTorch (CPU), 1 and 2 threads, one run.
 
     python benchmarks/bench_kernels.py [--threads 1 2] [--repeats 9] [--out benchmarks/results/kernels]
     CI smoke test (< 20 s): python benchmarks/bench_kernels.py --quick --out /tmp/bench-kernels-smoke
@@ -13,6 +13,9 @@ Sections:
   conv   3x3 conv2d, stride 1, padding 1, with bias, on the U-Net shapes (N=64, C=64, 16x16) and (N=64, C=32,
          32x32): forward, and forward + backward through minidiff's autodiff on the numpy and cpp backends,
          against torch.nn.functional.conv2d on NCHW and channels_last tensors
+  gn     group norm (32 groups) alone, + SiLU, + AdaGN scale-shift + SiLU, on the same U-Net shapes: forward, and
+         forward + backward through minidiff's autodiff (one fused op) on the numpy and cpp backends, against
+         PyTorch eager (F.group_norm, then the scale-shift and F.silu, as a PyTorch user writes them)
 
 Every contender is validated first (against float64 NumPy or float64 PyTorch on the same inputs) and a wrong
 one is not timed. Then the contenders run in turns (interleaved), medians of --repeats, every library pinned to
@@ -59,7 +62,7 @@ class Row:
     threads: int
     contender: str
     seconds: float
-    gflops: float
+    gflops: float | None  # None: a memory-bound kernel (group norm), where FLOP/s says little
     vs_torch: float  # time over torch's (NCHW for conv), same run: below 1 is faster
     vs_numpy: float | None  # time over numpy's (gemm) or minidiff-numpy's (conv)
     of_peak: float | None  # GFLOP/s over the FMA probe's best, same thread count (gemm)
@@ -238,6 +241,101 @@ def bench_conv(shapes, threads_list: list[int], timing: dict) -> list[Row]:
     return rows
 
 
+# --- group norm -----------------------------------------------------------------------------------------------------
+
+GN_SHAPES = ((64, 64, 16), (64, 32, 32))  # (N, C, H = W) of the two U-Net levels, 32 groups as in the U-Net
+QUICK_GN_SHAPES = ((4, 64, 8), (4, 32, 16))
+GN_GROUPS = 32
+GN_VARIANTS = {  # what the U-Net fuses into the norm: nothing (attention's norm), SiLU (norm1), AdaGN + SiLU (norm2)
+    "group norm": dict(activation=None, scale_shift=False),
+    "group norm + SiLU": dict(activation="silu", scale_shift=False),
+    "group norm + scale-shift + SiLU": dict(activation="silu", scale_shift=True),
+}
+
+
+@dataclass
+class GroupNormInputs:
+    x: np.ndarray  # (N, C, H, W) float32
+    weight: np.ndarray  # (C,)
+    bias: np.ndarray  # (C,)
+    scale: np.ndarray  # (N, C, 1, 1), AdaGN's
+    shift: np.ndarray  # (N, C, 1, 1)
+    grad_out: np.ndarray  # (N, C, H, W), the upstream gradient
+
+
+def group_norm_inputs(n: int, c: int, size: int, rng: np.random.Generator) -> GroupNormInputs:
+    f32 = lambda *shape, s=1.0, m=0.0: (m + s * rng.standard_normal(shape)).astype(np.float32)  # noqa: E731
+    return GroupNormInputs(f32(n, c, size, size, m=0.5), f32(c, s=0.2, m=1.0), f32(c, s=0.2), f32(n, c, 1, 1, s=0.2),
+                           f32(n, c, 1, 1, s=0.2), f32(n, c, size, size))
+
+
+def minidiff_group_norm(inputs: GroupNormInputs, backend: str, backward: bool, activation: str | None,
+                        scale_shift: bool) -> Callable[[], tuple]:
+    """F.group_norm with the variant's epilogue fused in, through minidiff's autodiff on `backend`."""
+    names = ("x", "weight", "bias", "scale", "shift") if scale_shift else ("x", "weight", "bias")
+
+    def run():
+        with md.use_backend(backend), md.enable_grad() if backward else md.no_grad():
+            ts = {k: Tensor(getattr(inputs, k), requires_grad=backward) for k in names}
+            y = F.group_norm(ts["x"], GN_GROUPS, ts["weight"], ts["bias"], scale=ts.get("scale"),
+                             shift=ts.get("shift"), activation=activation)
+            if not backward:
+                return (y.data,)
+            y.backward(inputs.grad_out)
+            return (y.data, *(t.grad for t in ts.values()))
+
+    return run
+
+
+def torch_group_norm(inputs: GroupNormInputs, backward: bool, activation: str | None, scale_shift: bool,
+                     dtype: torch.dtype = torch.float32) -> Callable[[], tuple]:
+    """The same as a PyTorch user writes it: F.group_norm, then (1 + scale) and shift, then F.silu."""
+    names = ("x", "weight", "bias", "scale", "shift") if scale_shift else ("x", "weight", "bias")
+    ts = {k: torch.tensor(getattr(inputs, k), dtype=dtype, requires_grad=backward) for k in names}
+    grad_out = torch.tensor(inputs.grad_out, dtype=dtype)
+
+    def forward() -> torch.Tensor:
+        y = torch.nn.functional.group_norm(ts["x"], GN_GROUPS, ts["weight"], ts["bias"])
+        if scale_shift:
+            y = y * (1 + ts["scale"]) + ts["shift"]
+        return torch.nn.functional.silu(y) if activation == "silu" else y
+
+    def run():
+        if not backward:
+            with torch.no_grad():
+                return (forward().numpy(),)
+        for t in ts.values():
+            t.grad = None
+        y = forward()
+        y.backward(grad_out)
+        return (numpy_of(y), *(numpy_of(t.grad) for t in ts.values()))
+
+    return run
+
+
+def bench_group_norm(shapes, threads_list: list[int], timing: dict) -> list[Row]:
+    rng = np.random.default_rng(2)
+    backends = [b for b in ("numpy", "cpp") if b in md.available_backends()]
+    rows = []
+    for n, c, size in shapes:
+        inputs = group_norm_inputs(n, c, size, rng)
+        case_shape = f"N={n} C={c} {size}x{size}"
+        for variant, options in GN_VARIANTS.items():
+            for backward in (False, True):
+                section = f"{variant} {'forward+backward' if backward else 'forward'}"
+                contenders = {f"minidiff-{b}": minidiff_group_norm(inputs, b, backward, **options) for b in backends}
+                contenders["torch"] = torch_group_norm(inputs, backward, **options)
+                validate(f"{section} {case_shape}", contenders,
+                         torch_group_norm(inputs, backward, **options, dtype=torch.float64)())
+                for threads in threads_list:
+                    with pinned_threads(threads):
+                        medians = interleaved_medians(contenders, **timing)
+                    for name, seconds in medians.items():
+                        rows.append(Row(section, case_shape, threads, name, seconds, None, seconds / medians["torch"],
+                                        seconds / medians["minidiff-numpy"], None))
+    return rows
+
+
 # --- report ---------------------------------------------------------------------------------------------------------
 
 
@@ -256,8 +354,9 @@ def markdown(rows: list[Row], peaks: dict[str, dict[int, float]], kernel: str, m
     for r in rows:
         vs_numpy = "" if r.vs_numpy is None else f"{r.vs_numpy:.2f}x"
         of_peak = "" if r.of_peak is None else f"{100 * r.of_peak:.0f}%"
+        gflops = "" if r.gflops is None else f"{r.gflops:.1f}"
         lines.append(f"| {r.section} | {r.case} | {r.threads} | {r.contender} | {r.seconds * 1e3:.2f} | "
-                     f"{r.gflops:.1f} | {r.vs_torch:.2f}x | {vs_numpy} | {of_peak} |")
+                     f"{gflops} | {r.vs_torch:.2f}x | {vs_numpy} | {of_peak} |")
     return "\n".join(lines) + "\n"
 
 
@@ -265,7 +364,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=9, help="timed runs per contender (medians)")
-    parser.add_argument("--sections", nargs="+", choices=["gemm", "conv"], default=["gemm", "conv"])
+    parser.add_argument("--sections", nargs="+", choices=["gemm", "conv", "gn"], default=["gemm", "conv", "gn"])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats: a smoke test of seconds")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "kernels")
     args = parser.parse_args()
@@ -288,6 +387,8 @@ def main() -> None:
         rows += bench_gemm([128, 256] if args.quick else [512, 1024], args.threads, timing, probe, kernel)
     if "conv" in args.sections:
         rows += bench_conv(QUICK_CONV_SHAPES if args.quick else CONV_SHAPES, args.threads, timing)
+    if "gn" in args.sections:
+        rows += bench_group_norm(QUICK_GN_SHAPES if args.quick else GN_SHAPES, args.threads, timing)
     peaks = probe.best
     table = markdown(rows, peaks, kernel, machine)
     print(table)

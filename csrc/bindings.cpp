@@ -3,14 +3,18 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cmath>
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "check.h"
 #include "cpu/conv2d.h"
 #include "cpu/gemm.h"
+#include "cpu/group_norm.h"
 #include "cpu/runtime.h"
 #include "cpu/sampler.h"
 #ifdef MINIDIFF_WITH_CUDA_EMU
@@ -201,6 +205,127 @@ void conv2d_backward(const py::array& grad_out, const py::array& x, const py::ar
   cpu::conv2d_backward<T>(s, pg, px, pw, pgx, pgw, threads);
 }
 
+// --- group norm ----------------------------------------------------------------------------------------------
+
+// x (N, C, *) read as (N, C, S), S the product of the sizes after the channels.
+md::cpu::GroupNormShape group_norm_shape(const py::array& x, md::index_t num_groups) {
+  if (x.ndim() < 2)
+    throw py::value_error("x: expected (N, C, ...), at least 2 dimensions, got shape " + md::check::shape_str(x));
+  md::index_t s = 1;
+  for (py::ssize_t d = 2; d < x.ndim(); ++d) {
+    if (x.shape(d) != 0 && s > std::numeric_limits<md::index_t>::max() / x.shape(d))
+      throw py::value_error("x: the sizes overflow 64-bit indexing");
+    s *= x.shape(d);
+  }
+  return md::cpu::GroupNormShape::make(x.shape(0), x.shape(1), num_groups, s);
+}
+
+md::Activation activation_of(const std::string& name) {
+  if (name == "identity") return md::Activation::identity;
+  if (name == "silu") return md::Activation::silu;
+  throw py::value_error("activation: expected 'identity' or 'silu', got '" + name + "'");
+}
+
+// An optional array argument: None, or an array of T of the given shape, C-contiguous (and writeable for an output).
+struct Optional {
+  py::object object;
+  const char* name;
+
+  bool present() const { return !object.is_none(); }
+  py::array array() const {
+    if (!py::isinstance<py::array>(object)) throw py::type_error(std::string(name) + ": expected an array or None");
+    return object.cast<py::array>();
+  }
+  template <typename T>
+  const T* data(std::initializer_list<md::index_t> shape) const {
+    if (!present()) return nullptr;
+    const py::array a = array();
+    const T* p = md::check::data<T>(a, name);
+    expect_shape(a, name, shape);
+    return p;
+  }
+  template <typename T>
+  T* mutable_data(std::initializer_list<md::index_t> shape) const {
+    if (!present()) return nullptr;
+    py::array a = array();
+    T* p = md::check::mutable_data<T>(a, name);
+    expect_shape(a, name, shape);
+    return p;
+  }
+};
+
+// No output overlaps an input or another output (present ones only).
+void all_disjoint(const std::vector<Optional>& outputs, const std::vector<Optional>& inputs) {
+  for (std::size_t i = 0; i < outputs.size(); ++i) {
+    if (!outputs[i].present()) continue;
+    const py::array out = outputs[i].array();
+    for (const Optional& in : inputs) {
+      if (in.present()) disjoint(out, outputs[i].name, in.array(), in.name);
+    }
+    for (std::size_t j = i + 1; j < outputs.size(); ++j) {
+      if (outputs[j].present()) disjoint(out, outputs[i].name, outputs[j].array(), outputs[j].name);
+    }
+  }
+}
+
+template <typename T>
+md::cpu::GroupNormParams<T> group_norm_params(const md::cpu::GroupNormShape& s, const Optional& weight,
+                                              const Optional& bias, const Optional& scale, const Optional& shift,
+                                              double eps, const std::string& activation) {
+  if (!std::isfinite(eps) || eps < 0) throw py::value_error("eps: expected a finite number >= 0");
+  return {weight.data<T>({s.c}), bias.data<T>({s.c}), scale.data<T>({s.n, s.c}), shift.data<T>({s.n, s.c}), eps,
+          activation_of(activation)};
+}
+
+template <typename T>
+void group_norm_forward(const py::array& x, const Optional& weight, const Optional& bias, const Optional& scale,
+                        const Optional& shift, py::array& y, py::array& mean, py::array& rstd, md::index_t num_groups,
+                        double eps, const std::string& activation) {
+  using namespace md;
+  const T* px = check::data<T>(x, "x");
+  const cpu::GroupNormShape s = group_norm_shape(x, num_groups);
+  const cpu::GroupNormParams<T> p = group_norm_params<T>(s, weight, bias, scale, shift, eps, activation);
+  T* py_ = check::mutable_data<T>(y, "y");
+  check::same_shape(y, "y", x, "x");
+  double* pm = check::mutable_data<double>(mean, "mean");
+  double* pr = check::mutable_data<double>(rstd, "rstd");
+  expect_shape(mean, "mean", {s.n, s.g});
+  expect_shape(rstd, "rstd", {s.n, s.g});
+  all_disjoint({{y, "y"}, {mean, "mean"}, {rstd, "rstd"}}, {{x, "x"}, weight, bias, scale, shift});
+  const int threads = cpu::num_threads();
+  py::gil_scoped_release release;
+  cpu::group_norm_forward<T>(s, p, px, py_, pm, pr, threads);
+}
+
+template <typename T>
+void group_norm_backward(const py::array& grad_y, const py::array& x, const py::array& mean, const py::array& rstd,
+                         const Optional& weight, const Optional& bias, const Optional& scale, const Optional& shift,
+                         py::array& grad_x, const Optional& grad_weight, const Optional& grad_bias,
+                         const Optional& grad_scale, const Optional& grad_shift, md::index_t num_groups,
+                         const std::string& activation) {
+  using namespace md;
+  const T* px = check::data<T>(x, "x");
+  const T* pg = check::data<T>(grad_y, "grad_y");
+  check::same_shape(grad_y, "grad_y", x, "x");
+  const cpu::GroupNormShape s = group_norm_shape(x, num_groups);
+  const cpu::GroupNormParams<T> p = group_norm_params<T>(s, weight, bias, scale, shift, 0.0, activation);
+  const double* pm = check::data<double>(mean, "mean");
+  const double* pr = check::data<double>(rstd, "rstd");
+  expect_shape(mean, "mean", {s.n, s.g});
+  expect_shape(rstd, "rstd", {s.n, s.g});
+  T* pgx = check::mutable_data<T>(grad_x, "grad_x");
+  check::same_shape(grad_x, "grad_x", x, "x");
+  T* pgw = grad_weight.mutable_data<T>({s.c});
+  T* pgb = grad_bias.mutable_data<T>({s.c});
+  T* pgs = grad_scale.mutable_data<T>({s.n, s.c});
+  T* pgh = grad_shift.mutable_data<T>({s.n, s.c});
+  all_disjoint({{grad_x, "grad_x"}, grad_weight, grad_bias, grad_scale, grad_shift},
+               {{grad_y, "grad_y"}, {x, "x"}, {mean, "mean"}, {rstd, "rstd"}, weight, bias, scale, shift});
+  const int threads = cpu::num_threads();
+  py::gil_scoped_release release;
+  cpu::group_norm_backward<T>(s, p, pg, px, pm, pr, pgx, pgw, pgb, pgs, pgh, threads);
+}
+
 py::list micro_kernels() {
   py::list out;
   for (const auto& k : md::cpu::compiled_micro_kernels()) {
@@ -314,6 +439,38 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("grad_out"), py::arg("x"), py::arg("weight"), py::arg("grad_x"), py::arg("grad_weight"),
       py::arg("stride"), py::arg("padding"), "grad_x and grad_weight of conv2d_forward from grad_out.");
+
+  m.def(
+      "group_norm_forward",
+      [](const py::array& x, const py::object& weight, const py::object& bias, const py::object& scale,
+         const py::object& shift, py::array& y, py::array& mean, py::array& rstd, md::index_t num_groups, double eps,
+         const std::string& activation) {
+        md::check::dispatch_float(x, "x", [&](auto tag) {
+          group_norm_forward<decltype(tag)>(x, {weight, "weight"}, {bias, "bias"}, {scale, "scale"},
+                                            {shift, "shift"}, y, mean, rstd, num_groups, eps, activation);
+        });
+      },
+      py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("scale"), py::arg("shift"), py::arg("y"),
+      py::arg("mean"), py::arg("rstd"), py::arg("num_groups"), py::arg("eps"), py::arg("activation"),
+      "y = act(((x - mean) rstd weight + bias) (1 + scale) + shift) per group; mean, rstd (N, G) float64; see "
+      "group_norm.h.");
+  m.def(
+      "group_norm_backward",
+      [](const py::array& grad_y, const py::array& x, const py::array& mean, const py::array& rstd,
+         const py::object& weight, const py::object& bias, const py::object& scale, const py::object& shift,
+         py::array& grad_x, const py::object& grad_weight, const py::object& grad_bias, const py::object& grad_scale,
+         const py::object& grad_shift, md::index_t num_groups, const std::string& activation) {
+        md::check::dispatch_float(x, "x", [&](auto tag) {
+          group_norm_backward<decltype(tag)>(grad_y, x, mean, rstd, {weight, "weight"}, {bias, "bias"},
+                                             {scale, "scale"}, {shift, "shift"}, grad_x, {grad_weight, "grad_weight"},
+                                             {grad_bias, "grad_bias"}, {grad_scale, "grad_scale"},
+                                             {grad_shift, "grad_shift"}, num_groups, activation);
+        });
+      },
+      py::arg("grad_y"), py::arg("x"), py::arg("mean"), py::arg("rstd"), py::arg("weight"), py::arg("bias"),
+      py::arg("scale"), py::arg("shift"), py::arg("grad_x"), py::arg("grad_weight"), py::arg("grad_bias"),
+      py::arg("grad_scale"), py::arg("grad_shift"), py::arg("num_groups"), py::arg("activation"),
+      "The gradients of group_norm_forward from grad_y (the optional ones None: not computed).");
 
 #ifdef MINIDIFF_WITH_CUDA_EMU
   auto emu = m.def_submodule("cuda_emu", "CUDA kernels run on the CPU by cuda_emu.h (tests only).");

@@ -253,35 +253,35 @@ def upsample_nearest2d(x: Tensor, scale_factor: int = 2) -> Tensor:
 
 
 class GroupNorm(Function):
-    """y = x_hat * weight + bias per channel, x_hat normalized over each group of channels."""
+    """y = act((x_hat * weight + bias) (1 + scale) + shift), x_hat normalized over each group of channels (AdaGN
+    [E44] with scale and shift). The kernel keeps each group's mean and rstd; its backward recomputes x_hat from x."""
 
     @staticmethod
     def forward(ctx: Context, x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None,
-                num_groups: int, eps: float) -> np.ndarray:
-        y, x_hat, rstd = _group_norm.group_norm_forward(x, num_groups, weight, bias, eps)
-        ctx.save(x_hat, rstd, weight, num_groups)
+                scale: np.ndarray | None, shift: np.ndarray | None, num_groups: int, eps: float,
+                activation: str | None) -> np.ndarray:
+        y, mean, rstd = _group_norm.group_norm_forward(x, num_groups, weight, bias, eps, scale, shift, activation)
+        ctx.save(x, mean, rstd, weight, bias, scale, shift, num_groups, activation)
         return y
 
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> tuple[Any, ...]:
-        x_hat, rstd, weight, num_groups = ctx.saved
-        grad_x, grad_weight, grad_bias = _group_norm.group_norm_backward(grad, x_hat, rstd, weight, num_groups)
-        return grad_x, grad_weight, grad_bias
+        x, mean, rstd, weight, bias, scale, shift, num_groups, activation = ctx.saved
+        # (grad_x, grad_weight, grad_bias, grad_scale, grad_shift)
+        return _group_norm.group_norm_backward(grad, x, mean, rstd, num_groups, weight, bias, scale, shift, activation)
 
 
 def group_norm(x: Tensor, num_groups: int, weight: Tensor | None = None, bias: Tensor | None = None,
-               eps: float = 1e-5) -> Tensor:
-    """Group normalization (Wu & He 2018): x (N, C, *), C divisible by num_groups; weight, bias (C,)."""
+               eps: float = 1e-5, *, scale: Tensor | None = None, shift: Tensor | None = None,
+               activation: str | None = None) -> Tensor:
+    """Group normalization (Wu & He 2018): x (N, C, *), C divisible by num_groups; weight, bias (C,).
+
+    With the U-Net's epilogue fused in, one kernel call: scale and shift (N, C) or (N, C, 1, ...) make it AdaGN
+    [E44], (x_hat * weight + bias) (1 + scale) + shift; activation="silu" applies SiLU to the result. So
+    group_norm(x, G, w, b, scale=s, shift=t, activation="silu") is silu(adaptive_group_norm(group_norm(x, G, w, b),
+    s, t)) (minidiff.nn.unet.adaptive_group_norm) without the intermediate arrays."""
     _tensor(x, "x")
-    if x.ndim < 2:
-        raise ValueError(f"x: expected (N, C, ...), got shape {x.shape}")
-    channels = x.shape[1]
-    if not isinstance(num_groups, int | np.integer) or num_groups < 1 or channels % num_groups:
-        raise ValueError(f"num_groups: expected a positive divisor of the {channels} channels of x, got {num_groups}")
-    for p, name in ((weight, "weight"), (bias, "bias")):
-        if p is not None and p.shape != (channels,):
-            raise ValueError(f"{name}: expected shape ({channels},), got {p.shape}")
-    return GroupNorm.apply(x, weight, bias, num_groups=int(num_groups), eps=float(eps))
+    return GroupNorm.apply(x, weight, bias, scale, shift, num_groups=num_groups, eps=eps, activation=activation)
 
 
 class LayerNorm(Function):
@@ -290,7 +290,7 @@ class LayerNorm(Function):
     @staticmethod
     def forward(ctx: Context, x: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None, m: int,
                 eps: float) -> np.ndarray:
-        x_hat, rstd = _group_norm.normalize_rows_ref(x.reshape(-1, m), eps)
+        x_hat, _, rstd = _group_norm.normalize_rows_ref(x.reshape(-1, m), eps)
         x_hat = x_hat.reshape(x.shape)
         ctx.save(x_hat, rstd, weight, m)
         y = x_hat if weight is None else x_hat * weight

@@ -243,7 +243,7 @@ with md.no_grad():
         used = ", ".join(str(s.shape) for s in skips[-len(blk.resnets):][::-1])
         h = blk(h, temb, None, skips)
         print(f"{f'up_blocks.{i}':<26}{h.shape!s:<18}used skips {used}")
-    h = unet.conv_out(unet.conv_act(unet.conv_norm_out(h)))
+    h = unet.conv_out(unet.conv_norm_out(h, activation="silu"))  # the norm and conv_act's SiLU in one kernel call
     print(f"{'conv_out':<26}{h.shape!s:<18}")
     assert not skips  # every skip pushed was used once
     assert np.array_equal(h.data, unet(x, t_in).data)  # the walk is the forward pass
@@ -401,8 +401,9 @@ plt.show()
 # * **7.1** `timestep_embedding(t, dim, ...)`: the frequencies, the angles $t\,w_i$ as a (B, h) array, the
 #   sines and cosines side by side (flipped on request) and a zero column for an odd `dim` [E43].
 # * **7.2** `ResBlock.forward(x, temb)`: the block's order of operations, with the embedding added before
-#   `norm2` or split into scale and shift for `adaptive_group_norm` after it [E44], the shortcut and the output
-#   scale.
+#   `norm2` or split into scale and shift for AdaGN after it [E44], the shortcut and the output scale. (A
+#   `GroupNorm` module can apply AdaGN and the SiLU after it in the same kernel call:
+#   `norm2(h, scale=s, shift=t, activation="silu")`.)
 # * **7.3** `_PixelAttention._attend(x, context)` (used by `SelfAttention2d` and `CrossAttention`): pixels to
 #   tokens, queries, keys and values split into heads, attention, heads merged, output projection, residual [E45].
 # * **7.4** `Trainer.train_step(batch)`: the heart of a training step: zeroed gradients, the objective's loss,

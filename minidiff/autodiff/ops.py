@@ -12,6 +12,7 @@ import numpy as np
 
 from minidiff.autodiff.function import Context, Function, sum_to_shape
 from minidiff.exercise_tools import exercise
+from minidiff.kernels.activation import stable_sigmoid
 
 
 def _shape(x: Any) -> tuple[int, ...]:
@@ -218,14 +219,6 @@ class Tanh(Function):
     def backward(ctx: Context, grad: np.ndarray) -> np.ndarray:
         (out,) = ctx.saved
         return grad * (1 - out * out)
-
-
-def stable_sigmoid(x: np.ndarray) -> np.ndarray:
-    """1 / (1 + e^-x) without overflow. With e = e^-|x| in (0, 1] and r = 1 / (1 + e) = sigmoid(|x|):
-    sigmoid(x) = r for x >= 0 and e r (= 1 - r) for x < 0, i.e. r * max(e, [x >= 0])."""
-    e = np.exp(-np.abs(x))  # never overflows
-    r = 1 / (1 + e)
-    return r * np.maximum(e, x >= 0)
 
 
 class Sigmoid(Function):

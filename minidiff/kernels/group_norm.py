@@ -2,31 +2,48 @@
 then scaled and shifted per channel. Layer normalization is the same row normalization over the
 trailing axes.
 
-    x_hat = (x - mean) / sqrt(var + eps) over each group (biased variance), y = x_hat * weight[c] + bias[c]
+    x_hat = (x - mean) / sqrt(var + eps) over each group (biased variance), u = x_hat * weight[c] + bias[c]
+
+The U-Net fuses two more steps into it: AdaGN's per-sample scale and shift [E44] and a SiLU,
+
+    y = act(u * (1 + scale[n, c]) + shift[n, c]),   act = identity (activation=None) or SiLU ("silu").
+
+`group_norm_forward` and `group_norm_backward` check their arguments and run the current backend's version:
+the twins below on "numpy", csrc/cpu/group_norm.cpp on "cpp". The forward returns the group statistics (mean,
+rstd) as (N, G) float64 arrays, and the backward recomputes x_hat from x and them: two numbers per group kept
+for the backward instead of a copy of x.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
+from minidiff import backend as _backend
+from minidiff.kernels import _checks
 from minidiff.kernels._dispatch import implementation
+from minidiff.kernels.activation import ACTIVATIONS, activation_backward_ref, activation_ref
 
 
-def normalize_rows_ref(rows: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray]:
-    """rows (R, M) -> (x_hat (R, M), rstd (R, 1)): each row to mean 0, variance 1."""
-    mean = rows.mean(axis=1, keepdims=True)
+def _row_mean(a: np.ndarray) -> np.ndarray:
+    """a (R, M) -> (R, 1): a.mean(axis=1), the same numbers, but 0 for rows of M = 0 (no warning)."""
+    return a.sum(axis=1, keepdims=True) / max(a.shape[1], 1)
+
+
+def normalize_rows_ref(rows: np.ndarray, eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """rows (R, M) -> (x_hat (R, M), mean (R, 1), rstd (R, 1)): each row to mean 0, variance 1."""
+    mean = _row_mean(rows)
     centered = rows - mean
-    rstd = 1.0 / np.sqrt((centered * centered).mean(axis=1, keepdims=True) + eps)
-    return centered * rstd, rstd
+    rstd = 1.0 / np.sqrt(_row_mean(centered * centered) + eps)
+    return centered * rstd, mean, rstd
 
 
 def normalize_rows_backward_ref(grad_x_hat: np.ndarray, x_hat: np.ndarray, rstd: np.ndarray) -> np.ndarray:
     """Gradient through x_hat = (x - mean) rstd for each row of M elements:
     grad_x = rstd (g - mean(g) - x_hat mean(g x_hat))."""
-    return rstd * (grad_x_hat - grad_x_hat.mean(axis=1, keepdims=True)
-                   - x_hat * (grad_x_hat * x_hat).mean(axis=1, keepdims=True))
+    return rstd * (grad_x_hat - _row_mean(grad_x_hat) - x_hat * _row_mean(grad_x_hat * x_hat))
 
 
 def _group_rows(a: np.ndarray, num_groups: int) -> np.ndarray:
@@ -38,33 +55,152 @@ def _per_channel(p: np.ndarray, ndim: int) -> np.ndarray:
     return p.reshape((1, -1) + (1,) * (ndim - 2))  # (1, C, 1, ...)
 
 
+def _per_sample_channel(p: np.ndarray, ndim: int) -> np.ndarray:
+    return p.reshape(p.shape[:2] + (1,) * (ndim - 2))  # (N, C, 1, ...)
+
+
+def _affine_ref(x_hat: np.ndarray, weight: np.ndarray | None, bias: np.ndarray | None) -> np.ndarray:
+    """u = x_hat * weight[c] + bias[c] (either may be None)."""
+    u = x_hat if weight is None else x_hat * _per_channel(weight, x_hat.ndim)
+    return u if bias is None else u + _per_channel(bias, x_hat.ndim)
+
+
+def _scale_shift_ref(u: np.ndarray, scale: np.ndarray | None, shift: np.ndarray | None) -> np.ndarray:
+    """[E44] AdaGN's z = u (1 + scale[n, c]) + shift[n, c] (either may be None)."""
+    z = u if scale is None else u * (1 + _per_sample_channel(scale, u.ndim))
+    return z if shift is None else z + _per_sample_channel(shift, u.ndim)
+
+
 def group_norm_forward_ref(x: np.ndarray, num_groups: int, weight: np.ndarray | None, bias: np.ndarray | None,
-                           eps: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x (N, C, *) -> (y (N, C, *), x_hat (N, C, *), rstd (N * G, 1))."""
-    x_hat, rstd = normalize_rows_ref(_group_rows(x, num_groups), eps)
-    x_hat = x_hat.reshape(x.shape)
-    y = x_hat
-    if weight is not None:
-        y = y * _per_channel(weight, x.ndim)
-    if bias is not None:
-        y = y + _per_channel(bias, x.ndim)
-    return y, x_hat, rstd
+                           eps: float, scale: np.ndarray | None = None, shift: np.ndarray | None = None,
+                           activation: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[E44] x (N, C, *) -> (y (N, C, *), mean (N, G), rstd (N, G)), y = act((x_hat w + b) (1 + scale) + shift).
+
+    weight, bias (C,); scale, shift (N, C) or (N, C, 1, ...); any may be None. The statistics come back as
+    float64 (here computed in x's dtype)."""
+    x_hat, mean, rstd = normalize_rows_ref(_group_rows(x, num_groups), eps)  # (N G, M), (N G, 1), (N G, 1)
+    z = _scale_shift_ref(_affine_ref(x_hat.reshape(x.shape), weight, bias), scale, shift)  # (N, C, *)
+    stats_shape = (x.shape[0], num_groups)
+    return activation_ref(z, activation), mean.reshape(stats_shape).astype(np.float64), \
+        rstd.reshape(stats_shape).astype(np.float64)
 
 
-def group_norm_backward_ref(grad_y: np.ndarray, x_hat: np.ndarray, rstd: np.ndarray, weight: np.ndarray | None,
-                            num_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """grad_y (N, C, *) -> (grad_x (N, C, *), grad_weight (C,), grad_bias (C,))."""
-    reduce_axes = (0, *range(2, grad_y.ndim))
-    grad_weight = (grad_y * x_hat).sum(axis=reduce_axes)
-    grad_bias = grad_y.sum(axis=reduce_axes)
-    grad_x_hat = grad_y * _per_channel(weight, grad_y.ndim) if weight is not None else grad_y
+def _affine_backward_ref(grad_u: np.ndarray, x_hat: np.ndarray, rstd: np.ndarray, weight: np.ndarray | None,
+                         num_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Through u = x_hat w + b: grad_u (N, C, *) -> (grad_x (N, C, *), grad_weight (C,), grad_bias (C,))."""
+    reduce_axes = (0, *range(2, grad_u.ndim))
+    grad_weight = (grad_u * x_hat).sum(axis=reduce_axes)
+    grad_bias = grad_u.sum(axis=reduce_axes)
+    grad_x_hat = grad_u * _per_channel(weight, grad_u.ndim) if weight is not None else grad_u
     grad_x = normalize_rows_backward_ref(_group_rows(grad_x_hat, num_groups), _group_rows(x_hat, num_groups), rstd)
-    return grad_x.reshape(grad_y.shape), grad_weight, grad_bias
+    return grad_x.reshape(grad_u.shape), grad_weight, grad_bias
 
 
-def group_norm_forward(x, num_groups, weight, bias, eps):
-    return implementation({"numpy": group_norm_forward_ref})(x, num_groups, weight, bias, eps)
+def group_norm_backward_ref(grad_y: np.ndarray, x: np.ndarray, mean: np.ndarray, rstd: np.ndarray, num_groups: int,
+                            weight: np.ndarray | None, bias: np.ndarray | None, scale: np.ndarray | None = None,
+                            shift: np.ndarray | None = None, activation: str | None = None) -> tuple[Any, ...]:
+    """grad_y (N, C, *) -> (grad_x (N, C, *), grad_weight (C,), grad_bias (C,), grad_scale, grad_shift), the last
+    two shaped as scale and shift (None where they are). x_hat is recomputed from x and the forward's mean, rstd."""
+    rstd_rows = rstd.reshape(-1, 1).astype(x.dtype)  # (N G, 1)
+    x_hat = ((_group_rows(x, num_groups) - mean.reshape(-1, 1).astype(x.dtype)) * rstd_rows).reshape(x.shape)
+    u = _affine_ref(x_hat, weight, bias)  # (N, C, *)
+    grad_z = activation_backward_ref(grad_y, _scale_shift_ref(u, scale, shift), activation)
+    spatial = tuple(range(2, x.ndim))
+    grad_scale = None if scale is None else (grad_z * u).sum(axis=spatial).reshape(scale.shape)
+    grad_shift = None if shift is None else grad_z.sum(axis=spatial).reshape(shift.shape)
+    grad_u = grad_z if scale is None else grad_z * (1 + _per_sample_channel(scale, x.ndim))
+    return *_affine_backward_ref(grad_u, x_hat, rstd_rows, weight, num_groups), grad_scale, grad_shift
 
 
-def group_norm_backward(grad_y, x_hat, rstd, weight, num_groups):
-    return implementation({"numpy": group_norm_backward_ref})(grad_y, x_hat, rstd, weight, num_groups)
+# --- dispatch ------------------------------------------------------------------------------------------------------
+
+
+def group_norm_forward(x: np.ndarray, num_groups: int, weight: np.ndarray | None = None,
+                       bias: np.ndarray | None = None, eps: float = 1e-5, scale: np.ndarray | None = None,
+                       shift: np.ndarray | None = None,
+                       activation: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(y (N, C, *), mean (N, G), rstd (N, G)) on the current backend; see group_norm_forward_ref."""
+    num_groups, eps = _check(x, num_groups, weight, bias, scale, shift, eps, activation)
+    return implementation({"numpy": group_norm_forward_ref, "cpp": _forward_cpp})(
+        x, num_groups, weight, bias, eps, scale, shift, activation)
+
+
+def group_norm_backward(grad_y: np.ndarray, x: np.ndarray, mean: np.ndarray, rstd: np.ndarray, num_groups: int,
+                        weight: np.ndarray | None = None, bias: np.ndarray | None = None,
+                        scale: np.ndarray | None = None, shift: np.ndarray | None = None,
+                        activation: str | None = None) -> tuple[Any, ...]:
+    """(grad_x, grad_weight, grad_bias, grad_scale, grad_shift) on the current backend; see
+    group_norm_backward_ref."""
+    num_groups, _ = _check(x, num_groups, weight, bias, scale, shift, 0.0, activation)
+    _checks.like(grad_y, "grad_y", x, "x")
+    for a, name in ((mean, "mean"), (rstd, "rstd")):
+        _checks.float_array(a, name)
+        if a.shape != (x.shape[0], num_groups):
+            raise ValueError(f"{name}: expected shape {(x.shape[0], num_groups)} (N, G), got {a.shape}")
+    return implementation({"numpy": group_norm_backward_ref, "cpp": _backward_cpp})(
+        grad_y, x, mean, rstd, num_groups, weight, bias, scale, shift, activation)
+
+
+def _check(x: Any, num_groups: Any, weight: Any, bias: Any, scale: Any, shift: Any, eps: Any,
+           activation: Any) -> tuple[int, float]:
+    """The checks every backend relies on; returns (num_groups, eps) as int and float."""
+    _checks.float_array(x, "x")
+    if x.ndim < 2:
+        raise ValueError(f"x: expected (N, C, ...), got shape {x.shape}")
+    n, channels = x.shape[:2]
+    if isinstance(num_groups, bool) or not isinstance(num_groups, int | np.integer) or num_groups < 1 \
+            or channels % num_groups:
+        raise ValueError(f"num_groups: expected a positive divisor of the {channels} channels of x, got {num_groups}")
+    per_sample = ((n, channels), (n, channels) + (1,) * (x.ndim - 2))
+    for p, name, shapes in ((weight, "weight", ((channels,),)), (bias, "bias", ((channels,),)),
+                            (scale, "scale", per_sample), (shift, "shift", per_sample)):
+        if p is None:
+            continue
+        if not _checks.is_array(p):
+            raise TypeError(f"{name}: expected a numpy.ndarray or None, got {type(p).__name__}")
+        if p.dtype != x.dtype:
+            raise TypeError(f"{name}: expected dtype {x.dtype} (the dtype of x), got {p.dtype}")
+        if p.shape not in shapes:
+            raise ValueError(f"{name}: expected shape {' or '.join(map(str, dict.fromkeys(shapes)))}, got {p.shape}")
+    eps = _checks.finite(eps, "eps")
+    if eps < 0:
+        raise ValueError(f"eps: expected a number >= 0, got {eps}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation: expected None or 'silu', got {activation!r}")
+    return int(num_groups), eps
+
+
+def _per_sample_rows(p: np.ndarray | None) -> np.ndarray | None:
+    """scale or shift as the (N, C) C-contiguous array the C++ kernel reads."""
+    return None if p is None else _checks.c_contiguous(p.reshape(p.shape[:2]))
+
+
+def _optional(p: np.ndarray | None) -> np.ndarray | None:
+    return None if p is None else _checks.c_contiguous(p)
+
+
+def _forward_cpp(x: np.ndarray, num_groups: int, weight: np.ndarray | None, bias: np.ndarray | None, eps: float,
+                 scale: np.ndarray | None, shift: np.ndarray | None,
+                 activation: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    y = np.empty(x.shape, x.dtype)  # (N, C, *)
+    mean, rstd = np.empty((x.shape[0], num_groups)), np.empty((x.shape[0], num_groups))  # (N, G) float64
+    _backend.extension().group_norm_forward(_checks.c_contiguous(x), _optional(weight), _optional(bias),
+                                            _per_sample_rows(scale), _per_sample_rows(shift), y, mean, rstd,
+                                            num_groups, eps, activation or "identity")
+    return y, mean, rstd
+
+
+def _backward_cpp(grad_y: np.ndarray, x: np.ndarray, mean: np.ndarray, rstd: np.ndarray, num_groups: int,
+                  weight: np.ndarray | None, bias: np.ndarray | None, scale: np.ndarray | None,
+                  shift: np.ndarray | None, activation: str | None) -> tuple[Any, ...]:
+    n, channels = x.shape[:2]
+    grad_x, grad_weight, grad_bias = np.empty(x.shape, x.dtype), np.empty(channels, x.dtype), np.empty(channels,
+                                                                                                          x.dtype)
+    grad_scale, grad_shift = (None if p is None else np.empty((n, channels), x.dtype) for p in (scale, shift))
+    _backend.extension().group_norm_backward(
+        _checks.c_contiguous(grad_y), _checks.c_contiguous(x), np.ascontiguousarray(mean, np.float64),
+        np.ascontiguousarray(rstd, np.float64), _optional(weight), _optional(bias), _per_sample_rows(scale),
+        _per_sample_rows(shift), grad_x, grad_weight, grad_bias, grad_scale, grad_shift, num_groups,
+        activation or "identity")
+    return (grad_x, grad_weight, grad_bias, None if scale is None else grad_scale.reshape(scale.shape),
+            None if shift is None else grad_shift.reshape(shift.shape))

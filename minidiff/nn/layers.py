@@ -126,8 +126,12 @@ class GroupNorm(Module):
         self.eps, self.affine = float(eps), bool(affine)
         self.weight, self.bias = _affine((self.num_channels,), self.affine, bias, dtype)  # (C,), (C,)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps)
+    def forward(self, x: Tensor, *, scale: Tensor | None = None, shift: Tensor | None = None,
+                activation: str | None = None) -> Tensor:
+        """The normalized x; scale and shift (N, C, 1, ...) make it AdaGN [E44] and activation="silu" applies SiLU
+        after, in the same kernel call (see F.group_norm)."""
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, eps=self.eps, scale=scale, shift=shift,
+                            activation=activation)
 
     def extra_repr(self) -> str:
         return (f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}, "

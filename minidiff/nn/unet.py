@@ -79,17 +79,20 @@ class ResBlock(Module):
     @exercise("ex07.2")
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
         # norm1, SiLU, conv1; SiLU(temb) through time_emb_proj as (B, O or 2 O, 1, 1); "default": add it
-        # before norm2; "scale_shift": split it into scale and shift for adaptive_group_norm after norm2;
-        # SiLU, dropout, conv2; add the shortcut (conv_shortcut if any), divide by output_scale_factor: out.
+        # before norm2; "scale_shift": split it into scale and shift for AdaGN [E44] after norm2; SiLU,
+        # dropout, conv2; add the shortcut (conv_shortcut if any), divide by output_scale_factor: out.
+        # A GroupNorm module applies what follows it in the same kernel call: norm(h, activation="silu") is
+        # SiLU(norm(h)), and norm(h, scale=s, shift=t, activation="silu") is SiLU(norm(h) * (1 + s) + t).
         # BEGIN SOLUTION ex07.2: conv1 path, time projection, norm2 with the embedding, conv2, shortcut
-        h = self.conv1(F.silu(self.norm1(x)))  # (B, O, H, W)
+        h = self.conv1(self.norm1(x, activation="silu"))  # conv1(SiLU(norm1(x))): (B, O, H, W)
         e = self.time_emb_proj(F.silu(temb)).reshape(*temb.shape[:1], -1, 1, 1)  # (B, O or 2 O, 1, 1)
         if self.time_scale_shift == "scale_shift":
             out_channels = h.shape[1]
-            h = adaptive_group_norm(self.norm2(h), e[:, :out_channels], e[:, out_channels:])
+            scale, shift = e[:, :out_channels], e[:, out_channels:]  # (B, O, 1, 1) each
+            h = self.norm2(h, scale=scale, shift=shift, activation="silu")  # SiLU(AdaGN(h)) [E44]
         else:
-            h = self.norm2(h + e)
-        h = self.conv2(self.dropout(F.silu(h)))  # (B, O, H, W)
+            h = self.norm2(h + e, activation="silu")  # SiLU(norm2(h + e))
+        h = self.conv2(self.dropout(h))  # (B, O, H, W)
         shortcut = x if self.conv_shortcut is None else self.conv_shortcut(x)
         out = (shortcut + h) / self.output_scale_factor
         # END SOLUTION
@@ -294,7 +297,7 @@ class UNet(Module):
         )
         self.mid_block = mid_block  # registered after up_blocks, as in diffusers: state dicts list keys alike
         self.conv_norm_out = GroupNorm(norm_num_groups, channels[0], eps=norm_eps, dtype=dtype)
-        self.conv_act = SiLU()
+        self.conv_act = SiLU()  # diffusers' module; forward fuses it into conv_norm_out's kernel call
         self.conv_out = Conv2d(channels[0], out_channels, 3, padding=1, rng=rng, dtype=dtype)
 
     @property
@@ -321,7 +324,7 @@ class UNet(Module):
         h = self.mid_block(h, emb, context)  # (B, C_last, H / 2^(levels-1), W / 2^(levels-1))
         for block in self.up_blocks:
             h = block(h, emb, context, skips)
-        return self.conv_out(self.conv_act(self.conv_norm_out(h)))  # (B, out_channels, H, W)
+        return self.conv_out(self.conv_norm_out(h, activation="silu"))  # conv_out(conv_act(...)): (B, out, H, W)
 
     def _check_input(self, x: Any, context: Any) -> None:
         factor = 2 ** (len(self.config["block_out_channels"]) - 1)

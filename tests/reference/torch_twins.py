@@ -13,3 +13,19 @@ def sampler_step_torch(x: torch.Tensor, eps: torch.Tensor, z: torch.Tensor | Non
     if coefs.clip is not None:
         out = out + coefs.c_x0 * torch.clamp(coefs.r_x * x + coefs.r_eps * eps, -coefs.clip, coefs.clip)
     return out
+
+
+def group_norm_torch(x: torch.Tensor, num_groups: int, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                     eps: float, scale: torch.Tensor | None = None, shift: torch.Tensor | None = None,
+                     activation: str | None = None) -> torch.Tensor:
+    """Group norm with AdaGN's scale and shift and a SiLU (minidiff.kernels.group_norm) as a PyTorch user writes it:
+    F.group_norm, then (1 + scale) and shift per sample and channel, then F.silu."""
+    if weight is None and bias is not None:  # torch's group norm backward fails on a bias without a weight
+        weight = torch.ones_like(bias)
+    y = torch.nn.functional.group_norm(x, num_groups, weight, bias, eps)
+    per_sample_channel = x.shape[:2] + (1,) * (x.ndim - 2)
+    if scale is not None:
+        y = y * (1 + scale.reshape(per_sample_channel))
+    if shift is not None:
+        y = y + shift.reshape(per_sample_channel)
+    return torch.nn.functional.silu(y) if activation == "silu" else y
