@@ -232,8 +232,11 @@ md::cpu::AttentionMask attention_mask(const py::object& mask, const py::object& 
   if (!(m.flags() & py::array::c_style)) throw py::value_error("mask: expected a C-contiguous array");
   expect_ndim(m, "mask", 3);
   expect_shape(m, "mask", {m.shape(0), s.lq, s.lk});
-  const std::int64_t* pi = md::check::data<std::int64_t>(index, "mask_index");
+  if (!py::isinstance<py::array_t<std::int64_t>>(index))
+    throw py::type_error("mask_index: expected an int64 array, got dtype " + std::string(py::str(index.dtype())));
+  if (!(index.flags() & py::array::c_style)) throw py::value_error("mask_index: expected a C-contiguous array");
   expect_shape(index, "mask_index", {s.batch});
+  const auto* pi = static_cast<const std::int64_t*>(index.data());
   for (md::index_t b = 0; b < s.batch; ++b) {
     if (pi[b] < 0 || pi[b] >= m.shape(0))
       throw py::value_error("mask_index: expected values in [0, " + std::to_string(m.shape(0)) + "), got " +

@@ -138,9 +138,10 @@ class _Batched(NamedTuple):
         flat = [_flatten(a, batch) for a in (q, k, v)]
         if mask is None:
             return _Batched(batch, *flat, None, None)
-        matrices = np.ascontiguousarray(np.broadcast_to(mask, mask_batch + (lq, lk)))  # (*mask_batch, Lq, Lk)
-        index = np.arange(math.prod(mask_batch), dtype=np.int64).reshape(mask_batch)  # of each mask matrix
-        return _Batched(batch, *flat, matrices.reshape(-1, lq, lk), np.broadcast_to(index, batch).flatten())
+        count = math.prod(mask_batch)
+        matrices = np.ascontiguousarray(np.broadcast_to(mask, mask_batch + (lq, lk))).reshape(count, lq, lk)
+        index = np.arange(count, dtype=np.int64).reshape(mask_batch)  # the matrix of each batch element
+        return _Batched(batch, *flat, matrices, np.broadcast_to(index, batch).flatten())
 
 
 def _flatten(a: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:

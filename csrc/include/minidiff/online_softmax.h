@@ -23,13 +23,16 @@
 // far (l = 0, a = 0) is rescaled by 0, never by exp(-inf - m'). A row with no finite score at all ends with
 // l = 0: output 0 / 0 = NaN (the NumPy twin's exp(-inf + inf) = NaN), lse = -inf.
 //
-// Host and device code alike: no standard library beyond <cmath>'s exp and log, which CUDA has built in.
+// Host and device code alike: on the host <cmath> and <limits>; CUDA has exp, log and the bits of infinity built in.
 #pragma once
 
 #include "minidiff/common.h"
 
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 #include <cmath>
+#endif
+#if !defined(__CUDACC_RTC__)
+#include <limits>
 #endif
 
 namespace md {
@@ -41,7 +44,11 @@ using std::log;
 
 template <typename T>
 MD_HD T negative_infinity() {
-  return -T(__builtin_huge_val());
+#if defined(__CUDA_ARCH__)
+  return sizeof(T) == 4 ? T(-__int_as_float(0x7f800000)) : T(-__longlong_as_double(0x7ff0000000000000LL));
+#else
+  return -std::numeric_limits<T>::infinity();
+#endif
 }
 
 template <typename T>
