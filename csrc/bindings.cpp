@@ -12,11 +12,13 @@
 #include <vector>
 
 #include "check.h"
+#include "cpu/attention.h"
 #include "cpu/conv2d.h"
 #include "cpu/gemm.h"
 #include "cpu/group_norm.h"
 #include "cpu/runtime.h"
 #include "cpu/sampler.h"
+#include "cpu/softmax.h"
 #ifdef MINIDIFF_WITH_CUDA_EMU
 #include "emu/emu.h"
 #endif
@@ -203,6 +205,142 @@ void conv2d_backward(const py::array& grad_out, const py::array& x, const py::ar
   const int threads = cpu::num_threads();
   py::gil_scoped_release release;
   cpu::conv2d_backward<T>(s, pg, px, pw, pgx, pgw, threads);
+}
+
+// --- attention and softmax ---------------------------------------------------------------------------------------
+
+using AttentionShape = md::cpu::AttentionShape;
+
+// The sizes from q (B, Lq, D), k (B, Lk, D), v (B, Lk, Dv), checked (ValueError naming the argument).
+AttentionShape attention_shape(const py::array& q, const py::array& k, const py::array& v) {
+  expect_ndim(q, "q", 3);
+  expect_ndim(k, "k", 3);
+  expect_ndim(v, "v", 3);
+  const md::index_t batch = q.shape(0), lq = q.shape(1), d = q.shape(2), lk = k.shape(1);
+  expect_shape(k, "k", {batch, lk, d});
+  expect_shape(v, "v", {batch, lk, v.shape(2)});
+  return AttentionShape::make(batch, lq, lk, d, v.shape(2));
+}
+
+// mask: None, or bool (M, Lq, Lk) with mask_index int64 (B,) naming each batch element's matrix (values in [0, M)).
+md::cpu::AttentionMask attention_mask(const py::object& mask, const py::object& mask_index, const AttentionShape& s) {
+  if (mask.is_none() != mask_index.is_none())
+    throw py::value_error("mask_index: expected an array exactly when mask is one (None with None)");
+  if (mask.is_none()) return {};
+  if (!py::isinstance<py::array>(mask) || !py::isinstance<py::array>(mask_index))
+    throw py::type_error("mask, mask_index: expected arrays or None");
+  const auto m = mask.cast<py::array>(), index = mask_index.cast<py::array>();
+  if (m.dtype().kind() != 'b' || m.itemsize() != 1)
+    throw py::type_error("mask: expected a bool array, got dtype " + std::string(py::str(m.dtype())));
+  if (!(m.flags() & py::array::c_style)) throw py::value_error("mask: expected a C-contiguous array");
+  expect_ndim(m, "mask", 3);
+  expect_shape(m, "mask", {m.shape(0), s.lq, s.lk});
+  if (!py::isinstance<py::array_t<std::int64_t>>(index))
+    throw py::type_error("mask_index: expected an int64 array, got dtype " + std::string(py::str(index.dtype())));
+  if (!(index.flags() & py::array::c_style)) throw py::value_error("mask_index: expected a C-contiguous array");
+  expect_shape(index, "mask_index", {s.batch});
+  const auto* pi = static_cast<const std::int64_t*>(index.data());
+  for (md::index_t b = 0; b < s.batch; ++b) {
+    if (pi[b] < 0 || pi[b] >= m.shape(0))
+      throw py::value_error("mask_index: expected values in [0, " + std::to_string(m.shape(0)) + "), got " +
+                            std::to_string(pi[b]) + " at " + std::to_string(b));
+  }
+  return {static_cast<const std::uint8_t*>(m.data()), pi};
+}
+
+// Every output disjoint from every input (None inputs skipped) and from the other outputs.
+void outputs_disjoint(const std::vector<std::pair<py::array, const char*>>& outputs,
+                      const std::vector<std::pair<py::object, const char*>>& inputs) {
+  for (std::size_t o = 0; o < outputs.size(); ++o) {
+    for (const auto& [in, in_name] : inputs) {
+      if (!in.is_none()) disjoint(outputs[o].first, outputs[o].second, in.cast<py::array>(), in_name);
+    }
+    for (std::size_t other = o + 1; other < outputs.size(); ++other)
+      disjoint(outputs[o].first, outputs[o].second, outputs[other].first, outputs[other].second);
+  }
+}
+
+template <typename T>
+void attention_forward(const py::array& q, const py::array& k, const py::array& v, const py::object& mask,
+                       const py::object& mask_index, double scale, py::array& out, py::array& lse) {
+  using namespace md;
+  const T* pq = check::data<T>(q, "q");
+  const T* pk = check::data<T>(k, "k");
+  const T* pv = check::data<T>(v, "v");
+  T* po = check::mutable_data<T>(out, "out");
+  T* pl = check::mutable_data<T>(lse, "lse");
+  const AttentionShape s = attention_shape(q, k, v);
+  expect_shape(out, "out", {s.batch, s.lq, s.dv});
+  expect_shape(lse, "lse", {s.batch, s.lq});
+  const cpu::AttentionMask pm = attention_mask(mask, mask_index, s);
+  outputs_disjoint({{out, "out"}, {lse, "lse"}}, {{q, "q"}, {k, "k"}, {v, "v"}, {mask, "mask"}});
+  const int threads = cpu::num_threads();
+  py::gil_scoped_release release;
+  cpu::attention_forward<T>(s, pq, pk, pv, pm, T(scale), po, pl, threads);
+}
+
+template <typename T>
+void attention_backward(const py::array& grad_out, const py::array& q, const py::array& k, const py::array& v,
+                        const py::object& mask, const py::object& mask_index, const py::array& out,
+                        const py::array& lse, double scale, py::array& grad_q, py::array& grad_k, py::array& grad_v) {
+  using namespace md;
+  const T* pg = check::data<T>(grad_out, "grad_out");
+  const T* pq = check::data<T>(q, "q");
+  const T* pk = check::data<T>(k, "k");
+  const T* pv = check::data<T>(v, "v");
+  const T* po = check::data<T>(out, "out");
+  const T* pl = check::data<T>(lse, "lse");
+  T* pgq = check::mutable_data<T>(grad_q, "grad_q");
+  T* pgk = check::mutable_data<T>(grad_k, "grad_k");
+  T* pgv = check::mutable_data<T>(grad_v, "grad_v");
+  const AttentionShape s = attention_shape(q, k, v);
+  expect_shape(grad_out, "grad_out", {s.batch, s.lq, s.dv});
+  expect_shape(out, "out", {s.batch, s.lq, s.dv});
+  expect_shape(lse, "lse", {s.batch, s.lq});
+  check::same_shape(grad_q, "grad_q", q, "q");
+  check::same_shape(grad_k, "grad_k", k, "k");
+  check::same_shape(grad_v, "grad_v", v, "v");
+  const cpu::AttentionMask pm = attention_mask(mask, mask_index, s);
+  outputs_disjoint({{grad_q, "grad_q"}, {grad_k, "grad_k"}, {grad_v, "grad_v"}},
+                   {{grad_out, "grad_out"}, {q, "q"}, {k, "k"}, {v, "v"}, {mask, "mask"}, {out, "out"},
+                    {lse, "lse"}});
+  const int threads = cpu::num_threads();
+  py::gil_scoped_release release;
+  cpu::attention_backward<T>(s, pg, pq, pk, pv, pm, po, pl, T(scale), pgq, pgk, pgv, threads);
+}
+
+// Rows of a 2-D array: its (rows, n).
+std::pair<md::index_t, md::index_t> rows_of(const py::array& a, const char* name) {
+  expect_ndim(a, name, 2);
+  return {a.shape(0), a.shape(1)};
+}
+
+template <typename T>
+void softmax_forward(const py::array& x, py::array& y, bool log_softmax) {
+  using namespace md;
+  const T* px = check::data<T>(x, "x");
+  T* p_y = check::mutable_data<T>(y, "y");
+  const auto [rows, n] = rows_of(x, "x");
+  check::same_shape(y, "y", x, "x");
+  disjoint(y, "y", x, "x");
+  const int threads = x.size() >= cpu::kParallelGrain ? cpu::num_threads() : 1;
+  py::gil_scoped_release release;
+  cpu::softmax_forward<T>(px, p_y, rows, n, log_softmax, threads);
+}
+
+template <typename T>
+void softmax_backward(const py::array& grad_y, const py::array& y, py::array& grad_x, bool log_softmax) {
+  using namespace md;
+  const T* pg = check::data<T>(grad_y, "grad_y");
+  const T* p_y = check::data<T>(y, "y");
+  T* pgx = check::mutable_data<T>(grad_x, "grad_x");
+  const auto [rows, n] = rows_of(y, "y");
+  check::same_shape(grad_y, "grad_y", y, "y");
+  check::same_shape(grad_x, "grad_x", y, "y");
+  outputs_disjoint({{grad_x, "grad_x"}}, {{grad_y, "grad_y"}, {y, "y"}});
+  const int threads = y.size() >= cpu::kParallelGrain ? cpu::num_threads() : 1;
+  py::gil_scoped_release release;
+  cpu::softmax_backward<T>(pg, p_y, pgx, rows, n, log_softmax, threads);
 }
 
 // --- group norm ----------------------------------------------------------------------------------------------
@@ -439,6 +577,48 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("grad_out"), py::arg("x"), py::arg("weight"), py::arg("grad_x"), py::arg("grad_weight"),
       py::arg("stride"), py::arg("padding"), "grad_x and grad_weight of conv2d_forward from grad_out.");
+
+  m.def(
+      "attention_forward",
+      [](const py::array& q, const py::array& k, const py::array& v, const py::object& mask,
+         const py::object& mask_index, double scale, py::array& out, py::array& lse) {
+        md::check::dispatch_float(q, "q", [&](auto tag) {
+          attention_forward<decltype(tag)>(q, k, v, mask, mask_index, scale, out, lse);
+        });
+      },
+      py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"), py::arg("mask_index"), py::arg("scale"),
+      py::arg("out"), py::arg("lse"),
+      "out (B, Lq, Dv) = softmax(scale q k^T, masked) v and lse (B, Lq), the log-sum-exp of each row of scores; "
+      "see attention.h.");
+  m.def(
+      "attention_backward",
+      [](const py::array& grad_out, const py::array& q, const py::array& k, const py::array& v,
+         const py::object& mask, const py::object& mask_index, const py::array& out, const py::array& lse,
+         double scale, py::array& grad_q, py::array& grad_k, py::array& grad_v) {
+        md::check::dispatch_float(q, "q", [&](auto tag) {
+          attention_backward<decltype(tag)>(grad_out, q, k, v, mask, mask_index, out, lse, scale, grad_q, grad_k,
+                                            grad_v);
+        });
+      },
+      py::arg("grad_out"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"), py::arg("mask_index"),
+      py::arg("out"), py::arg("lse"), py::arg("scale"), py::arg("grad_q"), py::arg("grad_k"), py::arg("grad_v"),
+      "grad_q, grad_k, grad_v of attention_forward from grad_out, recomputing the probabilities from lse.");
+  m.def(
+      "softmax_forward",
+      [](const py::array& x, py::array& y, bool log_softmax) {
+        md::check::dispatch_float(x, "x", [&](auto tag) { softmax_forward<decltype(tag)>(x, y, log_softmax); });
+      },
+      py::arg("x"), py::arg("y"), py::arg("log_softmax"),
+      "y (rows, n) = softmax (or log_softmax) of each row of x; see softmax.h.");
+  m.def(
+      "softmax_backward",
+      [](const py::array& grad_y, const py::array& y, py::array& grad_x, bool log_softmax) {
+        md::check::dispatch_float(y, "y", [&](auto tag) {
+          softmax_backward<decltype(tag)>(grad_y, y, grad_x, log_softmax);
+        });
+      },
+      py::arg("grad_y"), py::arg("y"), py::arg("grad_x"), py::arg("log_softmax"),
+      "grad_x of softmax_forward (or log_softmax) from grad_y and its output y.");
 
   m.def(
       "group_norm_forward",

@@ -15,10 +15,10 @@ import numpy as np
 from minidiff.autodiff import ops
 from minidiff.autodiff.function import Context, Function, sum_to_shape
 from minidiff.autodiff.tensor import Tensor
-from minidiff.exercise_tools import exercise
 from minidiff.kernels import attention as _attention
 from minidiff.kernels import conv2d as _conv2d
 from minidiff.kernels import group_norm as _group_norm
+from minidiff.kernels import softmax as _softmax
 
 # --- argument checks --------------------------------------------------------------------------------
 
@@ -73,18 +73,14 @@ class Softmax(Function):
 
     @staticmethod
     def forward(ctx: Context, x: np.ndarray, axis: int = -1) -> np.ndarray:
-        s = _attention.softmax_ref(x, axis=axis) if x.size else x.copy()  # empty: no max to shift by, nothing to do
+        s = _softmax.softmax(x, axis)
         ctx.save(s, axis)
         return s
 
     @staticmethod
-    @exercise("ex01.4")
     def backward(ctx: Context, grad: np.ndarray) -> np.ndarray:
         s, axis = ctx.saved
-        # BEGIN SOLUTION ex01.4: the Jacobian is diag(s) - s s^T; apply it without building it
-        grad_x = s * (grad - np.sum(grad * s, axis=axis, keepdims=True))
-        # END SOLUTION
-        return grad_x
+        return _softmax.softmax_backward(grad, s, axis)
 
 
 class LogSoftmax(Function):
@@ -92,18 +88,14 @@ class LogSoftmax(Function):
 
     @staticmethod
     def forward(ctx: Context, x: np.ndarray, axis: int = -1) -> np.ndarray:
-        if x.size:
-            shifted = x - np.max(x, axis=axis, keepdims=True)
-            out = shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
-        else:
-            out = x.copy()  # empty: no max to shift by, nothing to do
+        out = _softmax.log_softmax(x, axis)
         ctx.save(out, axis)
         return out
 
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> np.ndarray:
         out, axis = ctx.saved
-        return grad - np.exp(out) * grad.sum(axis=axis, keepdims=True)
+        return _softmax.log_softmax_backward(grad, out, axis)
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
@@ -323,19 +315,20 @@ def layer_norm(x: Tensor, normalized_shape: Any, weight: Tensor | None = None, b
 
 
 class ScaledDotProductAttention(Function):
-    """out = softmax(Q K^T scale, masked) V; the backward is the kernel module's twin."""
+    """out = softmax(Q K^T scale, masked) V. The backward runs on what the forward's kernel kept: the probabilities
+    (NumPy) or each row's log-sum-exp (C++, flash-attention style)."""
 
     @staticmethod
     def forward(ctx: Context, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None,
                 scale: float) -> np.ndarray:
-        out, probs = _attention.attention_forward(q, k, v, mask, scale)
-        ctx.save(q, k, v, probs, scale)
-        return out
+        result = _attention.attention_forward(q, k, v, mask, scale)
+        ctx.save(q, k, v, mask, result, scale)
+        return result.out
 
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> tuple[Any, ...]:
-        q, k, v, probs, scale = ctx.saved
-        grad_q, grad_k, grad_v = _attention.attention_backward(grad, q, k, v, probs, scale)
+        q, k, v, mask, result, scale = ctx.saved
+        grad_q, grad_k, grad_v = _attention.attention_backward(grad, q, k, v, mask, result, scale)
         return (sum_to_shape(grad_q, q.shape), sum_to_shape(grad_k, k.shape), sum_to_shape(grad_v, v.shape), None)
 
 
@@ -363,6 +356,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Any = No
         except ValueError:
             expected = q.shape[:-1] + k.shape[-2:-1]
             raise ValueError(f"mask: shape {mask.shape} does not broadcast to {expected}") from None
+    if scale is None and q.shape[-1] == 0:
+        raise ValueError(f"scale: q has feature size 0 (shape {q.shape}), so there is no default 1/sqrt(d); pass one")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     return ScaledDotProductAttention.apply(q, k, v, mask, scale=scale)
 

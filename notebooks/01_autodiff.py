@@ -190,6 +190,7 @@ assert accuracy > 0.85
 # - **1.1** `sum_to_shape`: undo broadcasting (the adjoint of `np.broadcast_to`).
 # - **1.2** `Mul.backward`: the product rule, with broadcasting.
 # - **1.3** `MatMul.backward`: $\partial/\partial A = G B^\top$, $\partial/\partial B = A^\top G$, batched.
-# - **1.4** `Softmax.backward`: apply the Jacobian $\mathrm{diag}(s) - s s^\top$ without building it.
+# - **1.4** `softmax_backward_ref` (what `Softmax.backward` calls): apply the Jacobian $\mathrm{diag}(s) - s s^\top$
+#   without building it.
 # - **1.5** `scatter_windows`: the backward of reading convolution windows, which gives conv2d's
 #   input gradient.

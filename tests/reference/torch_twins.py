@@ -29,3 +29,13 @@ def group_norm_torch(x: torch.Tensor, num_groups: int, weight: torch.Tensor | No
     if shift is not None:
         y = y + shift.reshape(per_sample_channel)
     return torch.nn.functional.silu(y) if activation == "silu" else y
+
+
+def attention_torch(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                    scale: float) -> torch.Tensor:
+    """softmax(q k^T scale, masked) v as matrix products and a softmax (PyTorch's math path before 2.5: a query
+    with every key masked gets NaN, where scaled_dot_product_attention now returns zeros)."""
+    scores = (q @ k.transpose(-1, -2)) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
