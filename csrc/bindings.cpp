@@ -656,5 +656,8 @@ PYBIND11_MODULE(_C, m) {
   auto emu = m.def_submodule("cuda_emu", "CUDA kernels run on the CPU by cuda_emu.h (tests only).");
   md::emu::register_sampler_step(emu);
   md::emu::register_block_reduce(emu);
+  md::emu::register_gemm(emu);
+  md::emu::register_conv2d(emu);
+  md::emu::register_selftest(emu);
 #endif
 }

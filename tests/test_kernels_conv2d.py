@@ -1,14 +1,15 @@
-"""conv2d's C++ kernel (csrc/cpu/conv2d.cpp: per-image im2col into the packed GEMM) against its NumPy twin on
-shapes that break it (size 0, batch 1, odd sizes, channels not a multiple of the vector width, stride and padding
-pairs that differ, non-contiguous inputs), against PyTorch's conv2d and autograd, through gradcheck, on any
-number of threads; and bad input at the Python and C++ boundaries."""
+"""conv2d's C++ kernel (csrc/cpu/conv2d.cpp: per-image im2col into the packed GEMM) and CUDA kernels
+(csrc/cuda/conv2d.cu, direct and implicit GEMM, run by the emulator cuda-emu) against their NumPy twin on shapes that
+break them (size 0, batch 1, odd sizes, channels not a multiple of the vector width or the tile, stride and padding
+pairs that differ, non-contiguous inputs), against PyTorch's conv2d and autograd, through gradcheck, on any number of
+threads; and bad input at the Python, C++ and emulated-launch boundaries."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from backends import require_backend
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from op_cases import Case, check_against_torch, check_gradcheck
 from strategies import float_dtypes, in_layout, layouts
@@ -16,7 +17,13 @@ from tolerances import assert_close
 
 import minidiff as md
 import minidiff.functional as F
-from minidiff.kernels.conv2d import conv2d_backward, conv2d_backward_ref, conv2d_forward, conv2d_forward_ref
+from minidiff.kernels.conv2d import (
+    CUDA_VERSIONS,
+    conv2d_backward,
+    conv2d_backward_ref,
+    conv2d_forward,
+    conv2d_forward_ref,
+)
 
 
 @st.composite
@@ -72,6 +79,38 @@ def test_cpp_equals_the_twin(problem, layout):
     for name, g, e, s in zip(NAMES, got, expected, scale, strict=True):
         assert g.dtype == x.dtype
         assert_close(g, e, dtype=x.dtype, scale=s, what=f"{name}:")
+
+
+@pytest.mark.parametrize("version", CUDA_VERSIONS)
+@given(problem=st.one_of(conv_problems(), conv_problems(same=True), conv_problems(many_images=True)), layout=layouts)
+def test_cuda_versions_equal_the_twin_under_emulation(version, problem, layout):
+    """Both versions of the forward, grad_x and grad_weight, with the launch a GPU would get; the implicit GEMMs'
+    products (up to 11 x 2541 by 176 deep here) cross the edges of their 64 x 64 tiles and 16-deep slabs."""
+    require_backend("cuda-emu")
+    x, weight, grad_out, stride, padding = problem
+    expected, scale = twin_and_scale(x, weight, grad_out, stride, padding)
+    x, weight, grad_out = (in_layout(a, layout) for a in (x, weight, grad_out))
+    with md.use_backend("cuda-emu"):
+        got = (conv2d_forward(x, weight, stride, padding, version=version),
+               *conv2d_backward(grad_out, x, weight, stride, padding, version=version))
+    for name, g, e, sc in zip(NAMES, got, expected, scale, strict=True):
+        assert g.dtype == x.dtype
+        assert_close(g, e, dtype=x.dtype, scale=sc, what=f"v{version} {name}:")
+
+
+def test_cuda_implicit_gemm_over_many_tiles():
+    """A product of 3 x 4 tiles of 64 x 64 (O = 150 rows, N HO WO = 2 x 13 x 9 columns) and 10 slabs of 16 (C KH KW =
+    153), with stride and padding that differ per axis."""
+    require_backend("cuda-emu")
+    rng = np.random.default_rng(6)
+    x, weight = rng.standard_normal((2, 17, 27, 19)), rng.standard_normal((150, 17, 3, 3))
+    stride, padding = (2, 2), (0, 1)
+    grad_out = rng.standard_normal(conv2d_forward_ref(x, weight, stride, padding).shape)
+    expected, scale = twin_and_scale(x, weight, grad_out, stride, padding)
+    with md.use_backend("cuda-emu"):
+        got = (conv2d_forward(x, weight, stride, padding), *conv2d_backward(grad_out, x, weight, stride, padding))
+    for name, g, e, sc in zip(NAMES, got, expected, scale, strict=True):
+        assert_close(g, e, scale=sc, what=f"{name}:")
 
 
 # (x shape, weight shape, stride, padding), each above 2^20 multiply-adds per thread (below, the kernels stay on one)
@@ -139,6 +178,23 @@ def test_cpp_path_passes_gradcheck(named_case):
         check_gradcheck(named_case)
 
 
+@pytest.mark.torch
+@settings(max_examples=20)
+@given(named_case=functional_cases())
+def test_cuda_emu_path_matches_pytorch_autograd(named_case):
+    require_backend("cuda-emu")
+    with md.use_backend("cuda-emu"):
+        check_against_torch(named_case, np.float64)
+
+
+@settings(max_examples=10)  # each example runs the emulated kernels a few hundred times
+@given(named_case=functional_cases())
+def test_cuda_emu_path_passes_gradcheck(named_case):
+    require_backend("cuda-emu")
+    with md.use_backend("cuda-emu"):
+        check_gradcheck(named_case)
+
+
 # --- bad input -----------------------------------------------------------------------------------------------------
 
 
@@ -173,6 +229,51 @@ def test_bad_input_gets_a_clear_error(backend, args, error, message):
     call = conv2d_backward if len(args) == 5 else conv2d_forward
     with md.use_backend(backend), pytest.raises(error, match=message):
         call(*args)
+
+
+def test_versions_belong_to_the_cuda_kernels():
+    x, w = ones(1, 2, 4, 4), ones(3, 2, 3, 3)
+    g = ones(1, 3, 2, 2)
+    with md.use_backend("numpy"), pytest.raises(ValueError, match="version: only the CUDA kernels"):
+        conv2d_forward(x, w, 1, 0, version=1)
+    require_backend("cuda-emu")
+    with md.use_backend("cuda-emu"):
+        for bad in (0, 3, True, "2"):
+            with pytest.raises(ValueError, match=r"version: expected None or one of \(1, 2\)"):
+                conv2d_forward(x, w, 1, 0, version=bad)
+            with pytest.raises(ValueError, match=r"version: expected None or one of \(1, 2\)"):
+                conv2d_backward(g, x, w, 1, 0, version=bad)
+
+
+def test_emulated_launch_rechecks_what_the_kernels_rely_on():
+    """The CUDA kernels trust their sizes and launch; the emulated launch checks them against the arrays."""
+    require_backend("cuda-emu")
+    emu = md.backend.extension().cuda_emu
+    x, w, out = ones(2, 3, 5, 5, dtype=np.float64), ones(4, 3, 3, 3, dtype=np.float64), np.empty((2, 4, 3, 3))
+    sizes = (2, 3, 5, 5, 4, 3, 3, 1, 1, 0, 0)
+    emu.conv2d_forward_v2_kernel((1,), (16, 16), x, w, out, *sizes)
+    np.testing.assert_array_equal(out, 27.0)
+
+    def sizes_with(i, v):
+        return sizes[:i] + (v,) + sizes[i + 1 :]
+
+    forward = "conv2d_forward_v1_kernel"
+    cases = [
+        ("conv2d_forward_v2_kernel", (64,), (x, w, out, *sizes), r"block: the implicit-GEMM kernels need \(16, 16\)"),
+        (forward, (16, 16), (x, w, out, *sizes), r"block: the direct kernels need \(x,\)"),
+        (forward, (64,), (x, w, out, *sizes_with(9, -1)), r"padding\[0\]: expected >= 0"),
+        (forward, (64,), (x, w, out, *sizes_with(3, 6)), r"x: expected shape \(2, 3, 5, 6\)"),
+        (forward, (64,), (x, w, out[:1], *sizes), r"out: expected shape \(2, 4, 3, 3\)"),
+        ("conv2d_grad_x_v1_kernel", (64,), (out, w, x[:, :2].copy(), *sizes), r"grad_x: expected shape \(2, 3, 5, 5\)"),
+        ("conv2d_grad_weight_v2_kernel", (16, 16), (x, x, w, *sizes), r"grad_out: expected shape \(2, 4, 3, 3\)"),
+        (forward, (64,), (x.transpose(0, 1, 3, 2), w, out, *sizes), "x: expected a C-contiguous"),
+        (forward, (64,), (x, w, out, *sizes[:9], 2**40, 2**40), "overflow"),
+    ]
+    for kernel, block, args, message in cases:
+        with pytest.raises(ValueError, match=message):
+            getattr(emu, kernel)((1,), block, *args)
+    with pytest.raises(TypeError, match="weight: expected a float64 array"):
+        emu.conv2d_forward_v1_kernel((1,), (64,), x, w.astype(np.float32), out, *sizes)
 
 
 def test_cpp_boundary_rechecks_what_it_relies_on():

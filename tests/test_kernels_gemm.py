@@ -1,6 +1,7 @@
-"""GEMM (minidiff.kernels.gemm): every C++ version and micro-kernel against the NumPy twin (matmul) on shapes that
-break tiling (0, 1, primes, one off a register tile or a cache block), on transposed, strided and reversed views;
-the result's independence of the thread count; 64-bit indexing; bad input at the Python and C++ boundaries."""
+"""GEMM (minidiff.kernels.gemm): every C++ version and micro-kernel, and every CUDA version under the emulator
+(cuda-emu), against the NumPy twin (matmul) on shapes that break tiling (0, 1, primes, one off a register tile or a
+cache block), on transposed, strided and reversed views; the result's independence of the thread count; 64-bit
+indexing; bad input at the Python, C++ and emulated-launch boundaries."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from strategies import float_dtypes, in_layout, layouts
 from tolerances import assert_close
 
 import minidiff as md
-from minidiff.kernels.gemm import gemm, gemm_ref, micro_kernels
+from minidiff.kernels.gemm import VERSIONS, gemm, gemm_ref, micro_kernels
 
 MICRO_KERNELS = ("portable", "avx2", "avx512")
 # (version, micro-kernel): the teaching versions and version 4 with each micro-kernel
@@ -71,6 +72,57 @@ def test_every_version_equals_numpy(version, micro_kernel, problem, layout_a, la
     assert_close(got, expected, scale=rounding_scale(a, b, c, alpha, beta), what=f"v{version} {micro_kernel}:")
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+@given(problem=gemm_problems(), layout_a=layouts, layout_b=layouts, transposed=st.booleans())
+def test_every_cuda_version_equals_numpy_under_emulation(version, problem, layout_a, layout_b, transposed):
+    """csrc/cuda/gemm.cu run by cuda-emu with the launch a GPU would get: any strides, edges of the 16 x 16 and 64 x 64
+    tiles and of the 16-deep slabs (sides up to 40: one to three slabs, odd and even counts for the double buffer)."""
+    require_backend("cuda-emu")
+    a, b, c, alpha, beta = problem
+    expected = gemm_ref(a.astype(np.float64), b.astype(np.float64), c, alpha, beta)
+    a_in, b_in = in_layout(a, layout_a), in_layout(b, layout_b)
+    if transposed:
+        a_in, b_in = a_in.T.copy().T, b_in.T.copy().T
+    out = c.copy()
+    with md.use_backend("cuda-emu"):
+        got = gemm(a_in, b_in, out, alpha=alpha, beta=beta, version=version)
+    assert got is out
+    assert_close(got, expected, scale=rounding_scale(a, b, c, alpha, beta), what=f"CUDA v{version}:")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cuda_versions_across_many_tiles_into_a_block_of_c(version, dtype):
+    """Several tiles of C each way (64 x 64 tiles: 3 x 2; 16 x 16: 9 x 5) and six slabs of depth, written into a block
+    of a wider C (leading dimension > n) whose other columns stay untouched."""
+    require_backend("cuda-emu")
+    rng = np.random.default_rng(4)
+    m, n, k = 131, 67, 93
+    a, b = rng.standard_normal((m, k)).astype(dtype), rng.standard_normal((k, n)).astype(dtype)
+    wide = rng.standard_normal((m, n + 7)).astype(dtype)
+    c = wide[:, 3 : 3 + n]
+    expected = gemm_ref(a.astype(np.float64), b.astype(np.float64), c, 0.5, -1.0)
+    scale = rounding_scale(a, b, c, 0.5, -1.0)
+    untouched = wide[:, [0, 1, 2, -4, -3, -2, -1]].copy()
+    with md.use_backend("cuda-emu"):
+        gemm(a, b, c, alpha=0.5, beta=-1.0, version=version)
+    assert_close(c, expected, scale=scale)
+    np.testing.assert_array_equal(wide[:, [0, 1, 2, -4, -3, -2, -1]], untouched)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("grid", [1, 2, 7])
+def test_cuda_blocks_stride_over_the_tiles(version, grid):
+    """Any grid computes every tile: fewer blocks than tiles take several each."""
+    require_backend("cuda-emu")
+    emu = md.backend.extension().cuda_emu
+    rng = np.random.default_rng(5)
+    a, b = rng.standard_normal((70, 20)), rng.standard_normal((20, 150))
+    c = np.full((70, 150), np.nan)
+    getattr(emu, f"gemm_v{version}_kernel")((grid,), (16, 16), 70, 150, 20, 1.0, a, 20, 1, b, 150, 1, 0.0, c, 150)
+    assert_close(c, a @ b, scale=np.abs(a) @ np.abs(b))
+
+
 @pytest.mark.parametrize(("version", "micro_kernel"), [(3, None)] + [(4, k) for k in MICRO_KERNELS])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_crossing_every_cache_block(version, micro_kernel, dtype):
@@ -95,21 +147,24 @@ def test_crossing_every_cache_block(version, micro_kernel, dtype):
     np.testing.assert_array_equal(wide[:, [0, 1, 2, 3, -5, -4, -3, -2, -1]], untouched)
 
 
-@pytest.mark.parametrize(("version", "micro_kernel"), VARIANTS)
-def test_beta_zero_never_reads_out(version, micro_kernel):
+@pytest.mark.parametrize(("backend", "version", "micro_kernel"),
+                         [("cpp", *v) for v in VARIANTS] + [("cuda-emu", v, None) for v in VERSIONS])
+def test_beta_zero_never_reads_out(backend, version, micro_kernel):
     """As in BLAS: with beta = 0 whatever out held (NaN, inf) does not reach the result; k = 0 gives beta out."""
     require_variant(version, micro_kernel)
+    require_backend(backend)
     rng = np.random.default_rng(1)
     a, b = rng.standard_normal((13, 7)), rng.standard_normal((7, 35))
     out = np.full((13, 35), np.nan)
     out[0, 0] = np.inf
-    gemm(a, b, out, version=version, micro_kernel=micro_kernel)
-    assert_close(out, a @ b, scale=np.abs(a) @ np.abs(b))
-    empty_k = np.full((5, 4), 3.0)
-    gemm(np.ones((5, 0)), np.ones((0, 4)), empty_k, beta=0.5, version=version, micro_kernel=micro_kernel)
-    np.testing.assert_array_equal(empty_k, 1.5)
-    gemm(np.ones((5, 0)), np.ones((0, 4)), empty_k, beta=0.0, version=version, micro_kernel=micro_kernel)
-    np.testing.assert_array_equal(empty_k, 0.0)
+    with md.use_backend(backend):
+        gemm(a, b, out, version=version, micro_kernel=micro_kernel)
+        assert_close(out, a @ b, scale=np.abs(a) @ np.abs(b))
+        empty_k = np.full((5, 4), 3.0)
+        gemm(np.ones((5, 0)), np.ones((0, 4)), empty_k, beta=0.5, version=version, micro_kernel=micro_kernel)
+        np.testing.assert_array_equal(empty_k, 1.5)
+        gemm(np.ones((5, 0)), np.ones((0, 4)), empty_k, beta=0.0, version=version, micro_kernel=micro_kernel)
+        np.testing.assert_array_equal(empty_k, 0.0)
 
 
 @pytest.mark.parametrize("version", [3, 4])
@@ -193,11 +248,12 @@ def bad_cases():
     yield "version 5", (a, b), {"version": 5}, ValueError, "version: expected None or one of"
     yield "version True", (a, b), {"version": True}, ValueError, "version: expected None or one of"
     yield "micro-kernel of v3", (a, b), {"version": 3, "micro_kernel": "portable"}, ValueError, \
-        "micro_kernel: only version 4"
-    yield "unknown micro-kernel", (a, b), {"micro_kernel": "neon"}, ValueError, "micro_kernel: expected one of"
+        "micro_kernel: only (the C\\+\\+ )?version 4"
+    yield "unknown micro-kernel", (a, b), {"micro_kernel": "neon"}, ValueError, \
+        "micro_kernel: (expected one of|only the C\\+\\+ version 4)"
 
 
-@pytest.mark.parametrize("backend", ["numpy", "cpp"])
+@pytest.mark.parametrize("backend", ["numpy", "cpp", "cuda-emu"])
 @pytest.mark.parametrize(("args", "kwargs", "error", "message"), [pytest.param(*c[1:], id=c[0]) for c in bad_cases()])
 def test_bad_input_gets_a_clear_error(backend, args, kwargs, error, message):
     require_backend(backend)
@@ -205,6 +261,37 @@ def test_bad_input_gets_a_clear_error(backend, args, kwargs, error, message):
         require_backend("cpp")  # naming a micro-kernel asks for the C++ versions
     with md.use_backend(backend), pytest.raises(error, match=message):
         gemm(*args, **kwargs)
+
+
+def test_emulated_launch_rechecks_what_the_kernels_rely_on():
+    """The CUDA kernels trust their sizes, strides and launch; the emulated launch checks them against the arrays."""
+    require_backend("cuda-emu")
+    emu = md.backend.extension().cuda_emu
+    a, b, c = np.ones((2, 3)), np.ones((3, 4)), np.empty((2, 4))
+    good = (2, 4, 3, 1.0, a, 3, 1, b, 4, 1, 0.0, c, 4)
+    emu.gemm_v2_kernel((1,), (16, 16), *good)
+    np.testing.assert_array_equal(c, 3.0)
+
+    def with_(i, v):
+        return good[:i] + (v,) + good[i + 1 :]
+
+    cases = [
+        ((1,), (32, 8), good, ValueError, r"block: the GEMM kernels need \(16, 16\)"),
+        ((1,), (16, 16), with_(0, 3), ValueError, r"a: expected shape \(3, 3\)"),
+        ((1,), (16, 16), with_(2, -1), ValueError, "m, n, k: expected sizes >= 0"),
+        ((1,), (16, 16), with_(5, 1), ValueError, r"a: the strides passed \(1, 1\) elements are not the array's"),
+        ((1,), (16, 16), with_(9, 2), ValueError, "b: the strides passed"),
+        ((1,), (16, 16), with_(12, 8), ValueError, "c: the strides passed"),
+        ((1,), (16, 16), with_(11, c.astype(np.float32)), TypeError, "c: expected a float64 array"),
+        ((1,), (16, 16), with_(4, a.astype(np.float16)), TypeError, "a: expected dtype float32 or float64"),
+    ]
+    for grid, block, args, error, message in cases:
+        with pytest.raises(error, match=message):
+            emu.gemm_v4_kernel(grid, block, *args)
+    ro = np.empty((2, 4))
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="c: expected a writeable array"):
+        emu.gemm_v1_kernel((1,), (16, 16), *with_(11, ro))
 
 
 def test_strides_of_partial_elements_are_copied_in_python_and_refused_in_cpp():

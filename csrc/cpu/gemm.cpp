@@ -9,6 +9,7 @@
 
 #include "cpu/gemm_kernels.h"
 #include "cpu/parallel.h"
+#include "minidiff/gemm.h"
 
 namespace md::cpu {
 
@@ -52,7 +53,7 @@ void gemm_v1_naive(index_t m, index_t n, index_t k, T alpha, MatrixView<T> a, Ma
     for (index_t j = 0; j < n; ++j) {
       T sum = 0;
       for (index_t p = 0; p < k; ++p) sum += a(i, p) * b(p, j);  // walks down a column of B: a cache miss each
-      c(i, j) = beta == T(0) ? alpha * sum : alpha * sum + beta * c(i, j);
+      c(i, j) = md::gemm_epilogue(sum, alpha, beta, &c(i, j));  // shared with the GPU (minidiff/gemm.h)
     }
   }
 }

@@ -8,5 +8,8 @@ namespace md::emu {
 
 void register_sampler_step(pybind11::module_& m);
 void register_block_reduce(pybind11::module_& m);
+void register_gemm(pybind11::module_& m);
+void register_conv2d(pybind11::module_& m);
+void register_selftest(pybind11::module_& m);
 
 }  // namespace md::emu

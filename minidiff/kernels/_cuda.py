@@ -16,10 +16,18 @@ import numpy as np
 
 from minidiff import backend as _backend
 
+
+def _both_types(*kernels: str) -> tuple[str, ...]:
+    return tuple(f"{kernel}<{t}>" for kernel in kernels for t in ("float", "double"))
+
+
 # Every CUDA source, with the template instances CuPy compiles from it (NVRTC name expressions).
 INSTANCES: dict[str, tuple[str, ...]] = {
-    "sampler_step.cu": ("sampler_step_kernel<float>", "sampler_step_kernel<double>"),
-    "block_reduce.cu": ("row_sum_kernel<float>", "row_sum_kernel<double>"),
+    "sampler_step.cu": _both_types("sampler_step_kernel"),
+    "block_reduce.cu": _both_types("row_sum_kernel", "row_sum_warp_kernel"),
+    "gemm.cu": _both_types(*(f"gemm_v{v}_kernel" for v in (1, 2, 3, 4))),
+    "conv2d.cu": _both_types(*(f"conv2d_{part}_v{v}_kernel" for v in (1, 2)
+                               for part in ("forward", "grad_weight", "grad_x"))),
 }
 
 THREADS_PER_BLOCK = 256
@@ -65,20 +73,37 @@ def launch(
     block: tuple[int, ...],
     args: tuple[Any, ...],
     writes: tuple[int, ...],
+    shared_mem: int = 0,
 ) -> None:
     """Run `kernel` (one of INSTANCES[cu_file], e.g. "k<float>") of csrc/cuda/`cu_file`.
 
     `writes` are the positions in `args` of the arrays the kernel writes. On "cuda", NumPy arrays are
     copied to the device and those written are copied back, so NumPy callers need not know.
+    `shared_mem`: bytes of dynamic shared memory per block, for kernels that declare it (MD_DYNAMIC_SHARED).
     """
     if backend == "cuda-emu":
-        emu = _backend.extension().cuda_emu
-        getattr(emu, kernel.split("<")[0])(grid, block, *args)
+        emu_kernel = getattr(_backend.extension().cuda_emu, kernel.split("<")[0])
+        emu_kernel(grid, block, *args, **({"shared_mem": shared_mem} if shared_mem else {}))
         return
-    cupy = _backend.cupy_module()
     function = _raw_module(cu_file).get_function(kernel)
-    device_args = tuple(cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args)
-    function(grid, block, device_args)
+    device_args = tuple(to_device(backend, a) for a in args)
+    function(grid, block, device_args, shared_mem=shared_mem)
     for i in writes:
-        if isinstance(args[i], np.ndarray):
-            args[i][...] = cupy.asnumpy(device_args[i])
+        to_host(device_args[i], args[i])
+
+
+def to_device(backend: str, a: Any) -> Any:
+    """`a` where the backend's kernels can read it: a CuPy copy of a NumPy array on "cuda", else `a` itself.
+
+    Kernels take strides from the array they are handed, so compute them from what this returns: CuPy
+    copies a strided NumPy array into a contiguous one.
+    """
+    if backend == "cuda" and isinstance(a, np.ndarray):
+        return _backend.cupy_module().asarray(a)
+    return a
+
+
+def to_host(device: Any, a: Any) -> None:
+    """Copy a kernel's result back into `a` when `device` is the copy to_device made of it."""
+    if device is not a:
+        a[...] = _backend.cupy_module().asnumpy(device)

@@ -10,7 +10,11 @@ window out as one column, so the forward is W (O, C KH KW) @ cols (C KH KW, HO W
 (`conv2d_forward_im2col`) and the weight gradient one product over all images (`conv2d_weight_grad_gemm`).
 
 `conv2d_forward` and `conv2d_backward` check their arguments and run the current backend's version: the
-twins on "numpy", csrc/cpu/conv2d.cpp on "cpp" (per-image im2col into the packed GEMM of kernels/gemm.py).
+twins on "numpy", csrc/cpu/conv2d.cpp on "cpp" (per-image im2col into the packed GEMM of kernels/gemm.py), and
+csrc/cuda/conv2d.cu on "cuda" and "cuda-emu", in two numbered versions (`version=`):
+    version 1   direct: one thread per element of the result, its whole sum in a loop
+    version 2   implicit GEMM: the sums as matrix products on GEMM v4's tiles, reading the image patches in place
+                (never storing im2col's matrix); grad_x gathers, so no two threads write one element. The default.
 """
 
 from __future__ import annotations
@@ -22,8 +26,10 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from minidiff import backend as _backend
 from minidiff.exercise_tools import exercise
-from minidiff.kernels import _checks
+from minidiff.kernels import _checks, _cuda
 from minidiff.kernels._dispatch import implementation
+
+CUDA_VERSIONS = (1, 2)
 
 
 def output_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -119,16 +125,26 @@ def conv2d_weight_grad_gemm(grad_out: np.ndarray, cols: np.ndarray, weight_shape
     return grad_w.reshape(weight_shape)
 
 
-def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int],
-                   padding: tuple[int, int]) -> np.ndarray:
-    """x (N, C, H, W), weight (O, C, KH, KW) -> out (N, O, HO, WO) on the current backend."""
+def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int], padding: tuple[int, int], *,
+                   version: int | None = None) -> np.ndarray:
+    """x (N, C, H, W), weight (O, C, KH, KW) -> out (N, O, HO, WO) on the current backend.
+
+    version: on "cuda" and "cuda-emu", None or one of CUDA_VERSIONS (see the module docstring); elsewhere None.
+    """
     stride, padding = _check_conv(x, weight, stride, padding)
+    version = _cuda_version(version)
+    if version is not None:
+        out = _checks.array_module(x).empty(_out_shape(x, weight, stride, padding), x.dtype)  # (N, O, HO, WO)
+        return _launch("forward", version, (x, weight), out, out.shape[1], x.shape, weight.shape, stride, padding)
     return implementation({"numpy": conv2d_forward_ref, "cpp": _forward_cpp})(x, weight, stride, padding)
 
 
 def conv2d_backward(grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray, stride: tuple[int, int],
-                    padding: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """grad_out (N, O, HO, WO) -> (grad_x (N, C, H, W), grad_weight (O, C, KH, KW)) on the current backend."""
+                    padding: tuple[int, int], *, version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """grad_out (N, O, HO, WO) -> (grad_x (N, C, H, W), grad_weight (O, C, KH, KW)) on the current backend.
+
+    version: as for conv2d_forward.
+    """
     stride, padding = _check_conv(x, weight, stride, padding)
     if not _checks.is_array(grad_out):
         raise TypeError(f"grad_out: expected a numpy.ndarray, got {type(grad_out).__name__}")
@@ -137,6 +153,14 @@ def conv2d_backward(grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray, str
     if grad_out.shape != _out_shape(x, weight, stride, padding):
         raise ValueError(f"grad_out: expected shape {_out_shape(x, weight, stride, padding)} (the output's), got "
                          f"{grad_out.shape}")
+    version = _cuda_version(version)
+    if version is not None:
+        xp = _checks.array_module(x)
+        grad_x = _launch("grad_x", version, (grad_out, weight), xp.empty(x.shape, x.dtype), x.shape[1], x.shape,
+                         weight.shape, stride, padding)
+        grad_weight = _launch("grad_weight", version, (grad_out, x), xp.empty(weight.shape, x.dtype),
+                              weight.shape[0], x.shape, weight.shape, stride, padding)
+        return grad_x, grad_weight
     return implementation({"numpy": conv2d_backward_ref, "cpp": _backward_cpp})(grad_out, x, weight, stride, padding)
 
 
@@ -195,3 +219,40 @@ def _backward_cpp(grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray, strid
     _backend.extension().conv2d_backward(_checks.c_contiguous(grad_out), _checks.c_contiguous(x),
                                          _checks.c_contiguous(weight), grad_x, grad_weight, stride, padding)
     return grad_x, grad_weight
+
+
+def _cuda_version(version: object) -> int | None:
+    """The CUDA version to run on a GPU backend (the newest when None), or None on the others."""
+    backend = _backend.get_backend()
+    if backend not in ("cuda", "cuda-emu"):
+        if version is not None:
+            raise ValueError(f"version: only the CUDA kernels (backends 'cuda', 'cuda-emu') have numbered versions; "
+                             f"the backend is {backend!r}")
+        return None
+    if version is None:
+        return CUDA_VERSIONS[-1]
+    if isinstance(version, bool) or version not in CUDA_VERSIONS:
+        raise ValueError(f"version: expected None or one of {CUDA_VERSIONS}, got {version!r}")
+    return version
+
+
+def _launch(part: str, version: int, inputs: tuple[np.ndarray, np.ndarray], out: np.ndarray, gemm_rows: int,
+            x_shape: tuple[int, ...], w_shape: tuple[int, ...], stride: tuple[int, int],
+            padding: tuple[int, int]) -> np.ndarray:
+    """Kernel conv2d_`part`_v`version` of csrc/cuda/conv2d.cu into out; returns out. Version 2 computes out as a
+    matrix product with `gemm_rows` rows (O for out and grad_weight, C for grad_x), tiled 64 x 64."""
+    if out.size == 0:
+        return out
+    backend = _backend.get_backend()
+    in0, in1 = (_cuda.to_device(backend, _checks.c_contiguous(a)) for a in inputs)
+    out_dev = _cuda.to_device(backend, out)
+    sizes = tuple(np.int64(v) for v in (*x_shape, w_shape[0], *w_shape[2:], *stride, *padding))
+    if version == 1:
+        grid, block = _cuda.launch_config_1d(out.size)
+    else:
+        tiles = -(-gemm_rows // 64) * -(-(out.size // gemm_rows) // 64)  # the blocks stride over the tiles
+        grid, block = (min(tiles, _cuda.MAX_BLOCKS),), (16, 16)
+    kernel = f"conv2d_{part}_v{version}_kernel<{_cuda.ctype(out.dtype)}>"
+    _cuda.launch(backend, "conv2d.cu", kernel, grid, block, (in0, in1, out_dev, *sizes), writes=())
+    _cuda.to_host(out_dev, out)
+    return out

@@ -8,9 +8,16 @@ Implementations, all computing ``out = alpha * a @ b + beta * out`` (out is not 
     version 4   BLIS-style: packed panels of A and B, a register-blocked micro-kernel (AVX-512, AVX2 or
                 portable C++: see `micro_kernels()`), threads over slabs of C. The fast one; conv2d uses it.
 
-``gemm(a, b)`` runs the current backend's (NumPy's matmul, or version 4); ``gemm(a, b, version=v)`` runs the C++
-version v whatever the backend (the teaching versions, for tests, benchmarks and the chapter 11 notebook).
-a and b may have any strides: transposed views and slices are read in place, without a copy.
+On the GPU (csrc/cuda/gemm.cu; backends "cuda" and "cuda-emu") the numbered versions are the GPU's own kernel lab:
+    version 1   one thread per element of C, reading A and B from global memory
+    version 2   16 x 16 tiles of A and B staged in shared memory
+    version 3   64 x 64 tiles of C, each thread a 4 x 4 block of it in registers
+    version 4   version 3 double-buffered: the next slabs load while these are multiplied. The fast one.
+
+``gemm(a, b)`` runs the current backend's (NumPy's matmul, C++ version 4, or CUDA version 4); ``gemm(a, b,
+version=v)`` runs version v: the CUDA one on "cuda" and "cuda-emu", else the C++ one (the teaching versions, for
+tests, benchmarks and the chapter 11 notebook). a and b may have any strides: transposed views and slices are read
+in place, without a copy.
 """
 
 from __future__ import annotations
@@ -20,9 +27,11 @@ from typing import Any
 import numpy as np
 
 from minidiff import backend as _backend
-from minidiff.kernels import _checks
+from minidiff.kernels import _checks, _cuda
 
 VERSIONS = (1, 2, 3, 4)
+GPU_BACKENDS = ("cuda", "cuda-emu")
+CUDA_TILES = {1: 16, 2: 16, 3: 64, 4: 64}  # the side of the tile of C one block of each CUDA version computes
 
 
 def gemm_ref(a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None, alpha: float = 1.0,
@@ -46,8 +55,9 @@ def gemm(a: Any, b: Any, out: Any = None, *, alpha: float = 1.0, beta: float = 0
     a (m, k), b (k, n): float32 or float64 arrays of one dtype, any strides.
     out: (m, n) of that dtype with unit column stride and rows one after another (C-contiguous, or a block of
         a C-contiguous array), sharing no memory with a or b. Required when beta != 0 (it is read).
-    version: None for the current backend's GEMM, or 1-4 for that C++ version (see the module docstring).
-    micro_kernel: with version 4, one of micro_kernels(); None for the best.
+    version: None for the current backend's GEMM, or 1-4 for that version: the CUDA one on the "cuda" and
+        "cuda-emu" backends, else the C++ one (see the module docstring).
+    micro_kernel: with the C++ version 4, one of micro_kernels(); None for the best.
     """
     a = _checks.float_array(a, "a")
     if a.ndim != 2:
@@ -65,12 +75,16 @@ def gemm(a: Any, b: Any, out: Any = None, *, alpha: float = 1.0, beta: float = 0
         out = _checks.array_module(a).empty(shape, a.dtype)
     else:
         _check_out(out, shape, a, b)
-    if version is None and micro_kernel is None:
-        run = _IMPLEMENTATIONS.get(_backend.get_backend(), _numpy)
-        return run(a, b, out, alpha, beta)
-    version = 4 if version is None else version
-    if isinstance(version, bool) or version not in VERSIONS:
+    backend = _backend.get_backend()
+    if version is not None and (isinstance(version, bool) or version not in VERSIONS):
         raise ValueError(f"version: expected None or one of {VERSIONS}, got {version!r}")
+    if backend in GPU_BACKENDS:
+        if micro_kernel is not None:
+            raise ValueError(f"micro_kernel: only the C++ version 4 has micro-kernels (the backend is {backend!r})")
+        return _on_gpu(backend, a, b, out, alpha, beta, version or 4)
+    if version is None and micro_kernel is None:
+        return _IMPLEMENTATIONS.get(backend, _numpy)(a, b, out, alpha, beta)
+    version = 4 if version is None else version
     if micro_kernel is not None:
         if version != 4:
             raise ValueError(f"micro_kernel: only version 4 has micro-kernels, got version {version}")
@@ -79,9 +93,12 @@ def gemm(a: Any, b: Any, out: Any = None, *, alpha: float = 1.0, beta: float = 0
     return _cpp(a, b, out, alpha, beta, version, micro_kernel or "")
 
 
-def _check_out(out: Any, shape: tuple[int, int], a: np.ndarray, b: np.ndarray) -> None:
+def _check_out(out: Any, shape: tuple[int, int], a: Any, b: Any) -> None:
     if not _checks.is_array(out):
         raise TypeError(f"out: expected a numpy.ndarray, got {type(out).__name__}")
+    xp = _checks.array_module(out)
+    if _checks.array_module(a) is not xp or _checks.array_module(b) is not xp:
+        raise TypeError("out: expected an array of the kind of a and b (NumPy or CuPy, all three alike)")
     if out.dtype != a.dtype:
         raise TypeError(f"out: expected dtype {a.dtype} (the dtype of a), got {out.dtype}")
     if out.shape != shape:
@@ -95,7 +112,7 @@ def _check_out(out: Any, shape: tuple[int, int], a: np.ndarray, b: np.ndarray) -
         raise ValueError(f"out: expected unit column stride and rows one after another (a C-contiguous array or a "
                          f"block of one), got strides {out.strides}")
     for name, x in (("a", a), ("b", b)):
-        if np.may_share_memory(out, x):
+        if xp.may_share_memory(out, x):
             raise ValueError(f"out: shares memory with {name}; pass a separate array")
 
 
@@ -112,6 +129,27 @@ def _whole_elements(x: np.ndarray) -> np.ndarray:
 def _cpp(a: np.ndarray, b: np.ndarray, out: np.ndarray, alpha: float, beta: float, version: int = 4,
          micro_kernel: str = "") -> np.ndarray:
     _backend.extension().gemm(_whole_elements(a), _whole_elements(b), out, alpha, beta, version, micro_kernel)
+    return out
+
+
+def _element_strides(x: Any) -> tuple[np.int64, np.int64]:
+    return np.int64(x.strides[0] // x.itemsize), np.int64(x.strides[1] // x.itemsize)
+
+
+def _on_gpu(backend: str, a: Any, b: Any, out: Any, alpha: float, beta: float, version: int) -> Any:
+    """CUDA version `version` of csrc/cuda/gemm.cu, on the GPU or under the emulator; a, b, out as gemm() takes them."""
+    (m, k), n = a.shape, b.shape[1]
+    if m == 0 or n == 0:
+        return out
+    a_dev, b_dev, out_dev = (_cuda.to_device(backend, x) for x in (_whole_elements(a), _whole_elements(b), out))
+    scalar = a.dtype.type
+    args = (np.int64(m), np.int64(n), np.int64(k), scalar(alpha), a_dev, *_element_strides(a_dev), b_dev,
+            *_element_strides(b_dev), scalar(beta), out_dev, _element_strides(out_dev)[0])
+    tile = CUDA_TILES[version]
+    tiles = -(-m // tile) * -(-n // tile)  # the blocks stride over the tiles of C: any grid covers them
+    kernel = f"gemm_v{version}_kernel<{_cuda.ctype(a.dtype)}>"
+    _cuda.launch(backend, "gemm.cu", kernel, (min(tiles, _cuda.MAX_BLOCKS),), (16, 16), args, writes=())
+    _cuda.to_host(out_dev, out)
     return out
 
 
