@@ -284,17 +284,17 @@ class LayerNorm(Function):
                 eps: float) -> np.ndarray:
         x_hat, _, rstd = _group_norm.normalize_rows_ref(x.reshape(-1, m), eps)
         x_hat = x_hat.reshape(x.shape)
-        ctx.save(x_hat, rstd, weight, m)
+        ctx.save(x_hat, rstd, weight, m, None if bias is None else bias.shape)
         y = x_hat if weight is None else x_hat * weight
         return y if bias is None else y + bias
 
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> tuple[Any, ...]:
-        x_hat, rstd, weight, m = ctx.saved
+        x_hat, rstd, weight, m, bias_shape = ctx.saved
         grad_x_hat = grad if weight is None else grad * weight
         grad_x = _group_norm.normalize_rows_backward_ref(grad_x_hat.reshape(-1, m), x_hat.reshape(-1, m), rstd)
-        grad_weight = sum_to_shape(grad * x_hat, x_hat.shape[-len(weight.shape):]) if weight is not None else None
-        grad_bias = sum_to_shape(grad, weight.shape if weight is not None else x_hat.shape[-1:])
+        grad_weight = sum_to_shape(grad * x_hat, weight.shape) if weight is not None else None
+        grad_bias = sum_to_shape(grad, bias_shape) if bias_shape is not None else None
         return grad_x.reshape(grad.shape), grad_weight, grad_bias
 
 

@@ -280,7 +280,7 @@ class Gelu(Function):
             th = np.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x**3))
             ctx.save(x, th, approximate)
             return 0.5 * x * (1 + th)
-        cdf = (0.5 * (1 + _erf(x / math.sqrt(2)))).astype(x.dtype)
+        cdf = np.asarray(0.5 * (1 + _erf(x / math.sqrt(2))), dtype=x.dtype)  # _erf of 0-d x: a float
         ctx.save(x, cdf, approximate)
         return x * cdf
 
@@ -444,6 +444,7 @@ class Permute(Function):
     def forward(ctx: Context, x: np.ndarray, axes: tuple[int, ...]) -> np.ndarray:
         if sorted(a % max(x.ndim, 1) for a in axes) != list(range(x.ndim)):
             raise ValueError(f"axes: expected a permutation of 0..{x.ndim - 1}, got {axes}")
+        axes = tuple(a % x.ndim for a in axes)  # negative axes counted from the end: the backward inverts these
         ctx.save(axes)
         return np.transpose(x, axes)
 
@@ -514,6 +515,8 @@ class Pad(Function):
         if len(widths) != x.ndim or any(lo < 0 or hi < 0 for lo, hi in widths):
             raise ValueError(f"widths: expected {x.ndim} non-negative (before, after) pairs, got {widths}")
         ctx.save(widths)
+        if not widths:  # a 0-d x: nothing to pad (np.pad refuses an empty list of widths)
+            return x.copy()
         return np.pad(x, widths, mode="constant", constant_values=value)
 
     @staticmethod
