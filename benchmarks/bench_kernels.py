@@ -1,4 +1,5 @@
-"""The C++ kernels of chapter 11 (GEMM, conv2d, group norm) against NumPy and PyTorch (CPU), 1 and 2 threads, one run.
+"""The C++ kernels of chapter 11 (GEMM, conv2d, group norm, attention) against NumPy's BLAS and PyTorch (CPU),
+1 and 2 threads, one run.
 
     python benchmarks/bench_kernels.py [--threads 1 2] [--repeats 9] [--out benchmarks/results/kernels]
     CI smoke test (< 20 s): python benchmarks/bench_kernels.py --quick --out /tmp/bench-kernels-smoke
@@ -16,6 +17,9 @@ Sections:
   gn     group norm (32 groups) alone, + SiLU, + AdaGN scale-shift + SiLU, on the same U-Net shapes: forward, and
          forward + backward through minidiff's autodiff (one fused op) on the numpy and cpp backends, against
          PyTorch eager (F.group_norm, then the scale-shift and F.silu, as a PyTorch user writes them)
+  attention  scaled dot-product attention, forward + backward through minidiff's autodiff on the numpy and cpp
+         backends (B=64, 4 heads, L=64 and 256 tokens, d=32), against torch.nn.functional.scaled_dot_product_attention
+         and the plain matmul-softmax-matmul of PyTorch eager
 
 Every contender is validated first (against float64 NumPy or float64 PyTorch on the same inputs) and a wrong
 one is not timed. Then the contenders run in turns (interleaved), medians of --repeats, every library pinned to
@@ -53,11 +57,13 @@ from minidiff.kernels.gemm import gemm, micro_kernels
 TOLERANCE = 1e-4
 CONV_SHAPES = ((64, 64, 16), (64, 32, 32))  # (N, C = O, H = W) of the two U-Net levels
 QUICK_CONV_SHAPES = ((4, 16, 8), (4, 8, 16))
+ATTENTION_SHAPES = ((64, 4, 64, 32), (64, 4, 256, 32))  # (B, heads, L, d): an 8x8 and a 16x16 U-Net level
+QUICK_ATTENTION_SHAPES = ((4, 2, 16, 8), (4, 2, 48, 8))
 
 
 @dataclass
 class Row:
-    section: str  # "gemm", "conv forward", "conv forward+backward"
+    section: str  # "gemm", "conv forward", "conv forward+backward", "attention forward+backward"
     case: str
     threads: int
     contender: str
@@ -336,6 +342,62 @@ def bench_group_norm(shapes, threads_list: list[int], timing: dict) -> list[Row]
     return rows
 
 
+# --- attention ------------------------------------------------------------------------------------------------------
+
+
+def minidiff_attention(arrays: tuple[np.ndarray, ...], backend: str) -> Callable[[], tuple]:
+    q, k, v, grad_out = arrays
+
+    def forward_backward():
+        with md.use_backend(backend):
+            ts = [Tensor(a, requires_grad=True) for a in (q, k, v)]
+            out = F.scaled_dot_product_attention(*ts)
+            out.backward(grad_out)
+            return out.data, *(t.grad for t in ts)
+
+    return forward_backward
+
+
+def torch_attention(arrays: tuple[np.ndarray, ...], fused: bool, dtype: torch.dtype = torch.float32) -> Callable:
+    """fused: torch.nn.functional.scaled_dot_product_attention; else softmax(q k^T / sqrt(d)) v in three ops."""
+    q, k, v = (torch.tensor(a, dtype=dtype, requires_grad=True) for a in arrays[:3])
+    grad_out = torch.tensor(arrays[3], dtype=dtype)
+    scale = 1 / np.sqrt(q.shape[-1])
+
+    def forward_backward():
+        for t in (q, k, v):
+            t.grad = None
+        if fused:
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            out = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1) @ v
+        out.backward(grad_out)
+        return numpy_of(out), numpy_of(q.grad), numpy_of(k.grad), numpy_of(v.grad)
+
+    return forward_backward
+
+
+def bench_attention(shapes, threads_list: list[int], timing: dict) -> list[Row]:
+    rng = np.random.default_rng(2)
+    backends = [b for b in ("numpy", "cpp") if b in md.available_backends()]
+    rows = []
+    for b, heads, length, d in shapes:
+        arrays = tuple(rng.standard_normal((b, heads, length, d)).astype(np.float32) for _ in range(4))
+        contenders = {f"minidiff-{name}": minidiff_attention(arrays, name) for name in backends}
+        contenders["torch"] = torch_attention(arrays, fused=True)
+        contenders["torch-matmul-softmax"] = torch_attention(arrays, fused=False)
+        case = f"B={b} heads={heads} L={length} d={d}"
+        validate(f"attention {case}", contenders, torch_attention(arrays, fused=True, dtype=torch.float64)())
+        work = 3 * 2.0 * b * heads * length * length * 2 * d  # the forward's two products, the backward's four
+        for threads in threads_list:
+            with pinned_threads(threads):
+                medians = interleaved_medians(contenders, **{**timing, "warmup": 1})
+            for name, seconds in medians.items():
+                rows.append(Row("attention forward+backward", case, threads, name, seconds, work / seconds / 1e9,
+                                seconds / medians["torch"], seconds / medians["minidiff-numpy"], None))
+    return rows
+
+
 # --- report ---------------------------------------------------------------------------------------------------------
 
 
@@ -364,7 +426,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--repeats", type=int, default=9, help="timed runs per contender (medians)")
-    parser.add_argument("--sections", nargs="+", choices=["gemm", "conv", "gn"], default=["gemm", "conv", "gn"])
+    parser.add_argument("--sections", nargs="+", choices=["gemm", "conv", "gn", "attention"],
+                        default=["gemm", "conv", "gn", "attention"])
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats: a smoke test of seconds")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "kernels")
     args = parser.parse_args()
@@ -389,6 +452,8 @@ def main() -> None:
         rows += bench_conv(QUICK_CONV_SHAPES if args.quick else CONV_SHAPES, args.threads, timing)
     if "gn" in args.sections:
         rows += bench_group_norm(QUICK_GN_SHAPES if args.quick else GN_SHAPES, args.threads, timing)
+    if "attention" in args.sections:
+        rows += bench_attention(QUICK_ATTENTION_SHAPES if args.quick else ATTENTION_SHAPES, args.threads, timing)
     peaks = probe.best
     table = markdown(rows, peaks, kernel, machine)
     print(table)

@@ -98,12 +98,20 @@ class LogSoftmax(Function):
         return _softmax.log_softmax_backward(grad, out, axis)
 
 
+def _along_axis(op: type[Function], x: Tensor, axis: int) -> Tensor:
+    """op along `axis`; a 0-d x (axis 0 or -1, as in PyTorch) is normalized as a vector of one element."""
+    _tensor(x, "x")
+    if x.ndim == 0 and not isinstance(axis, bool) and axis in (0, -1):
+        return op.apply(x.reshape(1), axis=0).reshape(())
+    return op.apply(x, axis=axis)
+
+
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
-    return Softmax.apply(_tensor(x, "x"), axis=axis)
+    return _along_axis(Softmax, x, axis)
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
-    return LogSoftmax.apply(_tensor(x, "x"), axis=axis)
+    return _along_axis(LogSoftmax, x, axis)
 
 
 REDUCTIONS = ("mean", "sum", "none")

@@ -450,9 +450,10 @@ def mse_samples(rng: np.random.Generator) -> list[Sample]:
 
 SOFTMAX_AND_LOSSES = [
     OpInfo("softmax", F.softmax, lambda x, axis: F.softmax(x, axis=axis), lambda t, x, axis: t.softmax(x, dim=axis),
-           softmax_samples, twins=("attention.softmax_ref",)),
+           softmax_samples, twins=("softmax.softmax_ref", "softmax.softmax_backward_ref")),
     OpInfo("log_softmax", F.log_softmax, lambda x, axis: F.log_softmax(x, axis=axis),
-           lambda t, x, axis: t.log_softmax(x, dim=axis), softmax_samples),
+           lambda t, x, axis: t.log_softmax(x, dim=axis), softmax_samples,
+           twins=("softmax.log_softmax_ref", "softmax.log_softmax_backward_ref")),
     OpInfo("cross_entropy", F.cross_entropy, lambda x, target, **o: F.cross_entropy(x, target, **o),
            lambda t, x, target, **o: t.nn.functional.cross_entropy(x, torch_tensor(t, target), **o),
            cross_entropy_samples),
@@ -585,7 +586,8 @@ def layer_norm_samples(rng: np.random.Generator) -> list[Sample]:
 
 NORMALIZATION = [
     OpInfo("group_norm", F.group_norm, group_norm_ours, group_norm_theirs, group_norm_samples,
-           twins=("group_norm.group_norm_forward_ref", "group_norm.group_norm_backward_ref"),
+           twins=("group_norm.group_norm_forward_ref", "group_norm.group_norm_backward_ref",
+                  "activation.activation_ref", "activation.activation_backward_ref"),
            notes="constant groups: variance 0, x_hat 0, a finite gradient (eps keeps rstd finite)"),
     OpInfo("layer_norm", F.layer_norm, layer_norm_ours, layer_norm_theirs, layer_norm_samples,
            twins=("group_norm.normalize_rows_ref", "group_norm.normalize_rows_backward_ref")),

@@ -1,7 +1,10 @@
 // Attention forward and backward over tiles (see attention.h for the mathematics).
 //
+// The products are tile_gemm's (tile_gemm.h: register-blocked, operands read in place); K_j and V_j are
+// transposed once per tile so that every product reads its right-hand operand by rows.
+//
 // Forward: a unit of work is one tile of queries of one batch element; it walks the key tiles in order:
-//   S = Q_i K_j^T (the packed GEMM), scaled and masked row by row;
+//   S = Q_i K_j^T, scaled and masked row by row;
 //   each row's online-softmax state takes in the tile's scores (their max rescales what came before), and the
 //   scores become P = exp(S - m) in place (vec_exp: a vectorized exp);
 //   O_i = O_i exp(m_old - m_new) + P V_j, accumulated in place in `out`.
@@ -167,7 +170,7 @@ void forward_tile(const AttentionShape& s, index_t b, index_t i0, const T* q, co
     tile_gemm<T>(rows, cols, s.d, T(1), q_tile, s.d, 1, k_t, cols, T(0), scores, cols);  // Q K^T
     for (index_t r = 0; r < rows; ++r) {
       T* row = scores + r * cols;
-      const T m_new = std::max(state[r].m, scale_and_mask(row, cols, scale, mask_row(mask, s, b, i0 + r, j0)));
+      const T m_new = md::max(state[r].m, scale_and_mask(row, cols, scale, mask_row(mask, s, b, i0 + r, j0)));
       const T factor = rescale_factor(state[r].m, m_new);
       // The tile's terms, taken relative to the new max, are a state of their own: merging it rescales l.
       state[r] = merge(state[r], SoftmaxState<T>{m_new, exp_and_sum(row, cols, exp_origin(m_new))});
@@ -243,6 +246,11 @@ void backward_keys(const AttentionShape& s, index_t b, index_t t0, index_t t1, c
   }
 }
 
+// Threads worth waking for `units` units of work and `fmas` multiply-adds in all.
+int team_size(int threads, double fmas, index_t units) {
+  return static_cast<int>(std::min<index_t>(useful_threads(threads, fmas), units));
+}
+
 }  // namespace
 
 template <typename T>
@@ -255,8 +263,7 @@ void attention_forward(const AttentionShape& s, const T* q, const T* k, const T*
   }
   const index_t tiles = ceil_div(s.lq, kQueryTile), units = s.batch * tiles;
   const double fmas = static_cast<double>(s.batch) * s.lq * s.lk * (s.d + s.dv);
-  parallel_for(std::min<int>(useful_threads(threads, fmas), static_cast<int>(std::min<index_t>(units, threads))),
-               units, [&](index_t u) {
+  parallel_for(team_size(threads, fmas, units), units, [&](index_t u) {
     forward_tile(s, u / tiles, (u % tiles) * kQueryTile, q, k, v, mask, scale, out, lse);
   });
 }
@@ -276,7 +283,7 @@ void attention_backward(const AttentionShape& s, const T* grad_out, const T* q, 
   AlignedBuffer<T> partials;  // (batch, groups, Lq, D) when groups > 1; else each unit writes grad_q directly
   T* dq = groups > 1 ? partials.get(units * dq_size) : grad_q;
   const double fmas = static_cast<double>(s.batch) * s.lq * s.lk * (3 * s.d + 2 * s.dv);
-  const int team = std::min<int>(useful_threads(threads, fmas), static_cast<int>(std::min<index_t>(units, threads)));
+  const int team = team_size(threads, fmas, units);
   parallel_for(team, units, [&](index_t u) {
     const index_t b = u / groups, g = u % groups;
     backward_keys(s, b, g * key_tiles / groups, (g + 1) * key_tiles / groups, grad_out, q, k, v, mask, out, lse,

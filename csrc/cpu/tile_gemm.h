@@ -2,17 +2,17 @@
 // read in place: no packing.
 //
 // GEMM v4 (gemm.h) packs A and B into the order its micro-kernel reads, which pays for itself when each packed
-// number serves hundreds of multiply-adds. A tile of attention serves few (its other side is the head dimension,
-// 32 or 64), and packing took a third of the backward's time. Here the micro-kernel reads the operands where they
-// are: a row of B is NV vectors loaded from its contiguous row, and each A(i, p) is broadcast from memory, so A
-// may be any strided view: a row-major tile or its transpose (P^T, dS^T) at no cost. Measured on the attention
-// products (64-128 rows, 32-128 columns, depth 32-128, float32, AVX2): 1.2 to 1.6 times GEMM v4's speed.
+// number serves hundreds of multiply-adds. In attention's products each serves few (one side is the head
+// dimension, 32 or 64), and with v4 packing took a third of the backward's time. Here the micro-kernel reads the
+// operands where they are: a row of B is NV vectors loaded from its contiguous row, and each A(i, p) is broadcast
+// from memory, so A may be any strided view, a row-major tile or its transpose (P^T, dS^T), at no cost. On the
+// attention products (64-128 rows, 32-128 columns, depth 32-128, float32, AVX2) it measured faster than v4.
 //
 // The register tile is MR x NV vectors (6 x 16 floats: 12 accumulators, 2 rows of B and 1 broadcast of A in the
 // 16 registers of AVX2), written with GCC's vector extensions: the compiler picks the instructions (AVX2 with
 // FMA here, SSE or NEON elsewhere). Edges: fewer rows by the same kernel with MR = 1..5, a column tail of one
-// vector, then plain loops for the last few columns. Every element of C is one sum over p in order, on any
-// machine: a deterministic result.
+// vector, then plain loops for the last few columns. Every element of C is one sum over p in order: the same
+// operations however the calls are spread over threads.
 #pragma once
 
 #include <algorithm>

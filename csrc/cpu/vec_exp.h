@@ -1,6 +1,6 @@
-// exp(x) written so that GCC vectorizes a loop calling it: no library call, no branch, no select. std::exp is a
-// call the compiler vectorizes only under -ffast-math (which would also break the infinities softmax relies on),
-// and a softmax spends about as long in its exponentials as attention spends in one of its matrix products.
+// exp(x) written so that GCC vectorizes a loop calling it: no library call, no branch. std::exp is a call the
+// compiler vectorizes only under -ffast-math (which would also break the infinities softmax relies on), and
+// attention and softmax take one exponential per score.
 //
 // Cody and Waite's range reduction: with n = round(x / ln 2) and r = x - n ln 2 (|r| <= ln 2 / 2),
 //     exp(x) = 2^n exp(r),
