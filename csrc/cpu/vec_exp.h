@@ -28,7 +28,7 @@ struct ExpTraits;
 
 template <>
 struct ExpTraits<float> {
-  using Bits = std::int32_t;
+  using Bits = std::uint32_t;
   static constexpr int mantissa_bits = 23, exponent_bias = 127, degree = 7;
   static constexpr float x_lo = -88.0f, x_hi = 89.0f;                     // n = -127 and 128
   static constexpr float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;  // ln2_hi: 9 significant bits
@@ -36,7 +36,7 @@ struct ExpTraits<float> {
 
 template <>
 struct ExpTraits<double> {
-  using Bits = std::int64_t;
+  using Bits = std::uint64_t;
   static constexpr int mantissa_bits = 52, exponent_bias = 1023, degree = 13;
   static constexpr double x_lo = -709.0, x_hi = 710.0;  // n = -1023 and 1024
   static constexpr double ln2_hi = 6.93145751953125e-1, ln2_lo = 1.42860682030941723212e-6;  // 32 bits, the rest
@@ -79,14 +79,14 @@ inline T taylor_exp(T r) {
 template <typename T>
 inline T vec_exp(T x) {
   using E = ExpTraits<T>;
-  using Bits = typename E::Bits;
+  using Bits = typename E::Bits;  // unsigned: the integer arithmetic wraps (n < 0, and NaN's garbage) as defined
   const T xc = std::min(std::max(x, E::x_lo), E::x_hi);  // std::max(NaN, lo) is NaN: NaN goes through
   constexpr T shifter = T(1.5) * T(Bits(1) << E::mantissa_bits);
   const T t = xc * T(1.4426950408889634) + shifter;  // x / ln 2, rounded to the nearest integer in t's last bits
   const T n = t - shifter;
-  const Bits n_int = bit_cast<Bits>(t) - bit_cast<Bits>(shifter);
+  const Bits n_bits = bit_cast<Bits>(t) - bit_cast<Bits>(shifter);  // n modulo 2^(bits)
   const T r = (xc - n * E::ln2_hi) - n * E::ln2_lo;
-  const T two_n = bit_cast<T>(static_cast<Bits>((n_int + E::exponent_bias) << E::mantissa_bits));
+  const T two_n = bit_cast<T>(static_cast<Bits>((n_bits + E::exponent_bias) << E::mantissa_bits));
   return taylor_exp(r) * two_n;
 }
 
