@@ -326,7 +326,6 @@ class Launch {
 
   unsigned int lane() const { return fibers_[current_].lane; }
   unsigned char* shared_memory() { return shared_.empty() ? nullptr : shared_.data(); }
-  std::size_t shared_bytes() const { return shared_.size(); }
 
   [[noreturn]] void fail(const std::string& what) {
     const Fiber& f = fibers_[current_];
