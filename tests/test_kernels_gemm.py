@@ -19,6 +19,8 @@ from minidiff.kernels.gemm import VERSIONS, gemm, gemm_ref, micro_kernels
 MICRO_KERNELS = ("portable", "avx2", "avx512")
 # (version, micro-kernel): the teaching versions and version 4 with each micro-kernel
 VARIANTS = [(1, None), (2, None), (3, None)] + [(4, k) for k in MICRO_KERNELS]
+# (backend, version, micro-kernel): the C++ variants, and the CUDA versions (csrc/cuda/gemm.cu) under the emulator
+BACKEND_VARIANTS = [("cpp", *v) for v in VARIANTS] + [("cuda-emu", v, None) for v in VERSIONS]
 
 
 def require_variant(version: int, micro_kernel: str | None) -> None:
@@ -55,39 +57,26 @@ def gemm_problems(draw):
     return a, b, c, alpha, beta
 
 
-@pytest.mark.parametrize(("version", "micro_kernel"), VARIANTS)
+@pytest.mark.parametrize(("backend", "version", "micro_kernel"), BACKEND_VARIANTS)
 @given(problem=gemm_problems(), layout_a=layouts, layout_b=layouts, transposed=st.booleans())
-def test_every_version_equals_numpy(version, micro_kernel, problem, layout_a, layout_b, transposed):
+def test_every_version_equals_numpy(backend, version, micro_kernel, problem, layout_a, layout_b, transposed):
     """On any strides: Fortran order, every other element, negative strides, and transposed views of a stored
-    transpose (what conv2d's backward passes)."""
+    transpose (what conv2d's backward passes). The CUDA versions run under the emulator with the launch a GPU would
+    get; sides up to 40 cross the edges of their 16 x 16 and 64 x 64 tiles, in one to three 16-deep slabs (odd and
+    even counts for v4's double buffer)."""
     require_variant(version, micro_kernel)
+    require_backend(backend)
     a, b, c, alpha, beta = problem
     expected = gemm_ref(a.astype(np.float64), b.astype(np.float64), c, alpha, beta)
     a_in, b_in = in_layout(a, layout_a), in_layout(b, layout_b)
     if transposed:
         a_in, b_in = a_in.T.copy().T, b_in.T.copy().T
     out = c.copy()
-    got = gemm(a_in, b_in, out, alpha=alpha, beta=beta, version=version, micro_kernel=micro_kernel)
+    with md.use_backend(backend):
+        got = gemm(a_in, b_in, out, alpha=alpha, beta=beta, version=version, micro_kernel=micro_kernel)
     assert got is out and got.dtype == a.dtype
-    assert_close(got, expected, scale=rounding_scale(a, b, c, alpha, beta), what=f"v{version} {micro_kernel}:")
-
-
-@pytest.mark.parametrize("version", VERSIONS)
-@given(problem=gemm_problems(), layout_a=layouts, layout_b=layouts, transposed=st.booleans())
-def test_every_cuda_version_equals_numpy_under_emulation(version, problem, layout_a, layout_b, transposed):
-    """csrc/cuda/gemm.cu run by cuda-emu with the launch a GPU would get: any strides, edges of the 16 x 16 and 64 x 64
-    tiles and of the 16-deep slabs (sides up to 40: one to three slabs, odd and even counts for the double buffer)."""
-    require_backend("cuda-emu")
-    a, b, c, alpha, beta = problem
-    expected = gemm_ref(a.astype(np.float64), b.astype(np.float64), c, alpha, beta)
-    a_in, b_in = in_layout(a, layout_a), in_layout(b, layout_b)
-    if transposed:
-        a_in, b_in = a_in.T.copy().T, b_in.T.copy().T
-    out = c.copy()
-    with md.use_backend("cuda-emu"):
-        got = gemm(a_in, b_in, out, alpha=alpha, beta=beta, version=version)
-    assert got is out
-    assert_close(got, expected, scale=rounding_scale(a, b, c, alpha, beta), what=f"CUDA v{version}:")
+    what = f"{backend} v{version} {micro_kernel}:"
+    assert_close(got, expected, scale=rounding_scale(a, b, c, alpha, beta), what=what)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -147,8 +136,7 @@ def test_crossing_every_cache_block(version, micro_kernel, dtype):
     np.testing.assert_array_equal(wide[:, [0, 1, 2, 3, -5, -4, -3, -2, -1]], untouched)
 
 
-@pytest.mark.parametrize(("backend", "version", "micro_kernel"),
-                         [("cpp", *v) for v in VARIANTS] + [("cuda-emu", v, None) for v in VERSIONS])
+@pytest.mark.parametrize(("backend", "version", "micro_kernel"), BACKEND_VARIANTS)
 def test_beta_zero_never_reads_out(backend, version, micro_kernel):
     """As in BLAS: with beta = 0 whatever out held (NaN, inf) does not reach the result; k = 0 gives beta out."""
     require_variant(version, micro_kernel)

@@ -4,10 +4,10 @@
 #include "cuda/conv2d.cu"
 // clang-format on
 
-#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "check.h"
 #include "cpu/conv2d.h"
@@ -26,11 +26,10 @@ using ConvKernel = void (*)(const T*, const T*, T*, index_t, index_t, index_t, i
 
 // A C-contiguous T array of exactly this shape.
 template <typename T>
-void check_shape(const py::array& a, const char* name, std::initializer_list<index_t> shape) {
+void check_shape(const py::array& a, const char* name, const std::vector<index_t>& shape) {
   check::data<T>(a, name);
   bool same = a.ndim() == static_cast<py::ssize_t>(shape.size());
-  py::ssize_t d = 0;
-  for (index_t s : shape) same = same && a.shape(d++) == s;
+  for (size_t d = 0; same && d < shape.size(); ++d) same = a.shape(static_cast<py::ssize_t>(d)) == shape[d];
   if (!same) {
     std::string want = "(";
     for (index_t s : shape) want += (want.size() > 1 ? ", " : "") + std::to_string(s);
@@ -38,32 +37,31 @@ void check_shape(const py::array& a, const char* name, std::initializer_list<ind
   }
 }
 
-// The three kernels of each version share one signature: (in0, in1, out, sizes...). Which arrays they are
-// depends on the kernel: forward (x, weight, out), grad_weight (grad_out, x, grad_weight), grad_x (grad_out,
-// weight, grad_x).
+// The three kernels of each version share one signature, (in0, in1, out, sizes...); which arrays those are
+// depends on the kernel.
 enum class Role { forward, grad_weight, grad_x };
 
 template <typename T>
-void launch(Role role, ConvKernel<T> kernel, bool tiled, const dim3& grid, const dim3& block, const py::array& in0, const py::array& in1,
-            py::array& out, const cpu::Conv2dShape& s) {
+void launch(Role role, ConvKernel<T> kernel, bool tiled, const dim3& grid, const dim3& block, const py::array& in0,
+            const py::array& in1, py::array& out, const cpu::Conv2dShape& s) {
   if (tiled && (block.x != 16 || block.y != 16 || block.z != 1))
     throw py::value_error("block: the implicit-GEMM kernels need (16, 16)");
   if (!tiled && (block.y != 1 || block.z != 1)) throw py::value_error("block: the direct kernels need (x,)");
-  const std::initializer_list<index_t> x{s.n, s.c, s.h, s.w}, weight{s.o, s.c, s.kh, s.kw}, y{s.n, s.o, s.ho, s.wo};
-  switch (role) {
-    case Role::forward:
-      check_shape<T>(in0, "x", x), check_shape<T>(in1, "weight", weight), check_shape<T>(out, "out", y);
-      break;
-    case Role::grad_weight:
-      check_shape<T>(in0, "grad_out", y), check_shape<T>(in1, "x", x), check_shape<T>(out, "grad_weight", weight);
-      break;
-    case Role::grad_x:
-      check_shape<T>(in0, "grad_out", y), check_shape<T>(in1, "weight", weight), check_shape<T>(out, "grad_x", x);
-      break;
-  }
-  const T* p0 = check::data<T>(in0, "in0");
-  const T* p1 = check::data<T>(in1, "in1");
-  T* po = check::mutable_data<T>(out, "out");
+  const std::vector<index_t> x{s.n, s.c, s.h, s.w}, weight{s.o, s.c, s.kh, s.kw}, y{s.n, s.o, s.ho, s.wo};
+  struct Array {
+    const char* name;
+    const std::vector<index_t>& shape;
+  };
+  const Array arrays[3][3] = {{{"x", x}, {"weight", weight}, {"out", y}},                 // forward
+                              {{"grad_out", y}, {"x", x}, {"grad_weight", weight}},       // grad_weight
+                              {{"grad_out", y}, {"weight", weight}, {"grad_x", x}}};      // grad_x
+  const Array* a = arrays[static_cast<int>(role)];
+  check_shape<T>(in0, a[0].name, a[0].shape);
+  check_shape<T>(in1, a[1].name, a[1].shape);
+  check_shape<T>(out, a[2].name, a[2].shape);
+  const T* p0 = static_cast<const T*>(in0.data());
+  const T* p1 = static_cast<const T*>(in1.data());
+  T* po = check::mutable_data<T>(out, a[2].name);
   py::gil_scoped_release release;
   md_emu::launch(grid, block, kernel, p0, p1, po, s.n, s.c, s.h, s.w, s.o, s.kh, s.kw, s.sh, s.sw, s.ph, s.pw);
 }
@@ -90,7 +88,8 @@ void def(py::module_& m, const char* name, Role role, bool tiled, ConvKernel<flo
           }
         });
       },
-      (std::string(name) + "<T> of csrc/cuda/conv2d.cu, run on the CPU. T follows the first array's dtype.").c_str());
+      (std::string(name) + "<T> of csrc/cuda/conv2d.cu, run on the CPU. T follows the first array's dtype.")
+          .c_str());
 }
 
 }  // namespace

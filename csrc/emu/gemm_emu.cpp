@@ -38,9 +38,9 @@ using GemmKernel = void (*)(index_t, index_t, index_t, T, const T*, index_t, ind
                             index_t);
 
 template <typename T>
-void launch(GemmKernel<T> kernel, const dim3& grid, const dim3& block, index_t m, index_t n, index_t k, double alpha, const py::array& a,
-            index_t rsa, index_t csa, const py::array& b, index_t rsb, index_t csb, double beta, py::array& c,
-            index_t ldc) {
+void launch(GemmKernel<T> kernel, const dim3& grid, const dim3& block, index_t m, index_t n, index_t k, double alpha,
+            const py::array& a, index_t rsa, index_t csa, const py::array& b, index_t rsb, index_t csb, double beta,
+            py::array& c, index_t ldc) {
   if (block.x != 16 || block.y != 16 || block.z != 1)
     throw py::value_error("block: the GEMM kernels need (16, 16)");
   if (m < 0 || n < 0 || k < 0) throw py::value_error("m, n, k: expected sizes >= 0");

@@ -1,43 +1,43 @@
 // cuda_emu.h: run CUDA kernels on the CPU, to test their indexing, tiling and synchronization.
 //
-// Include this header, then the .cu file, in a C++ translation unit; launch a kernel with
-// md_emu::launch(grid, block, [shared_bytes,] kernel, args...) where CUDA writes kernel<<<grid, block, shared_bytes>>>.
+// Include this header, then the .cu file, in a C++ translation unit. Where CUDA writes
+// kernel<<<grid, block, shared_bytes>>>(args...), call md_emu::launch(grid, block, shared_bytes, kernel, args...)
+// (or launch(grid, block, kernel, args...) without dynamic shared memory).
 //
 // The execution model
 //   - The grid's blocks run one after another, in blockIdx order (x fastest).
-//   - A block's threads are fibers on the calling OS thread (own stacks; see jump()): one runs at a time, until it reaches a
-//     barrier (__syncthreads, a warp intrinsic) or returns; then the next ready one runs. Switching threads is
-//     thus cooperative and cheap, and a run is deterministic: the same launch does the same thing every time.
-//   - When a barrier releases its threads they resume in increasing thread order, the next release in
-//     decreasing order (alternating; the first phase of odd-numbered blocks runs in decreasing order). A
-//     thread that reads, without a barrier in between, what another thread writes in the same phase reads a
-//     stale value in one of the two orders, whichever side its neighbour is on: a missing __syncthreads()
-//     shows as a wrong result.
-//   - threadIdx, blockIdx, blockDim, gridDim are globals set before each switch to a thread.
+//   - A block's threads are fibers, each with its own stack, on the OS thread that launched: one runs at a
+//     time, until it reaches a barrier (__syncthreads(), a warp intrinsic) or returns; then the next ready one
+//     runs. Switching is thus cooperative and cheap (see jump()), and a launch does the same thing every time.
+//   - When a barrier releases its threads they resume in increasing thread order, and at the next release in
+//     decreasing order (odd-numbered blocks start decreasing). A thread that reads, with no barrier in between,
+//     what another writes in the same phase reads a stale value in one of the two orders, whichever side the
+//     writer is on: a missing __syncthreads() shows as a wrong result.
+//   - threadIdx, blockIdx, blockDim, gridDim are globals, set before each switch to a thread.
 //   - __shared__ variables are function-local statics: blocks run one at a time, so each has them to itself.
-//     Dynamic shared memory (MD_DYNAMIC_SHARED in minidiff/device.h, `extern __shared__` on the GPU) is a
+//     Dynamic shared memory (MD_DYNAMIC_SHARED of minidiff/device.h; `extern __shared__` on the GPU) is a
 //     buffer of exactly the launch's shared_bytes, filled with all-ones bytes (NaN as floats, -1 as ints) at
-//     the start of every block, as undefined as on a GPU.
+//     the start of every block: as undefined as on a GPU, but visibly so.
 //   - Warps are 32 consecutive threads in linear order (x fastest); lane = linear index % 32. The warp
 //     intrinsics (__shfl*_sync, __syncwarp, __ballot_sync) are rendezvous of the lanes named in `mask`: each
-//     lane deposits its value and waits until every named lane still running has deposited; then each reads.
-//     Semantics follow PTX's shfl.sync (see warp_op below), including `width` segments.
+//     lane deposits its value and waits until every named lane still running has deposited; then each takes
+//     its result. Shuffles follow PTX's shfl.sync (shfl_source below), `width` segments included.
 //   - atomicAdd is a plain read-modify-write: threads switch only at barriers, so no other thread can run
 //     between the read and the write. It is exactly as atomic as on a GPU.
 //
-// What the emulator reports, as md_emu::KernelError (RuntimeError in Python) after the launch:
-//   - a deadlock: threads wait at a barrier that the others can never reach (a __syncthreads() after an early
-//     return of some threads, a shuffle whose mask names a lane that waits elsewhere); on a GPU this hangs or
-//     is undefined;
-//   - threads of a block meeting at different __syncthreads() calls (a barrier inside a divergent branch);
-//   - a warp intrinsic whose mask does not name the calling lane, two lanes of a warp calling warp intrinsics
-//     with overlapping but different masks or different intrinsics, or a width that is not 1, 2, 4, 8, 16 or 32.
-// What it turns into a poison value (all bits set: NaN for floats), so that a result that uses it is wrong:
-//   - a shuffle that reads a lane not taking part (outside the mask, returned, or past the end of the block);
-//   - dynamic shared memory read before it is written in that block.
+// What the emulator reports, as md_emu::KernelError (RuntimeError in Python), stopping the launch:
+//   - a thread returning while others wait at __syncthreads(), or a __syncthreads() after some returned;
+//   - threads of a block meeting at different __syncthreads() calls (a barrier in a divergent branch);
+//   - a deadlock: every thread left waits for one that cannot come (lanes at __syncwarp() while others of the
+//     warp wait at __syncthreads(), a shuffle whose mask names a lane that waits elsewhere); a GPU would hang;
+//   - a warp intrinsic whose mask leaves out the calling lane, lanes of a warp meeting with overlapping but
+//     different masks or different intrinsics, or a width that is not 1, 2, 4, 8, 16 or 32.
+// What it turns into a poison value (all bits set: NaN for floats), so that a result using it is wrong:
+//   - a shuffle reading a lane that does not take part (outside the mask, returned, past the end of the block);
+//   - dynamic shared memory read before it is written in the block.
 // What it cannot see:
-//   - races that need threads to run at the same time: a plain `x += v` by many threads loses updates on a
-//     GPU but counts exactly here; memory ordering and fences (every access is sequentially consistent);
+//   - races that need threads running at once: a plain `x += v` by many threads loses updates on a GPU but
+//     counts exactly here; memory ordering and fences (every access here is sequentially consistent);
 //   - kernels that depend on the order of blocks (they run in order here, concurrently on a GPU);
 //   - static __shared__ memory read before it is written (it keeps the previous block's values);
 //   - out-of-bounds accesses to global or static shared memory (the AddressSanitizer build of CI catches
@@ -101,8 +101,8 @@ namespace md_emu {
 // words on the current stack, swap stack pointers, restore, return into the other fiber (about as costly as a
 // function call). Elsewhere ucontext's swapcontext, which also saves the signal mask with a system call (about a
 // microsecond). The assembly is not used where the compiler builds for CET shadow stacks, which a return into
-// another stack would violate.
-#if defined(__x86_64__) && defined(__linux__) && !(defined(__CET__) && (__CET__ & 2))
+// another stack would violate, nor when MD_EMU_UCONTEXT is defined (to test the portable path).
+#if defined(__x86_64__) && defined(__linux__) && !(defined(__CET__) && (__CET__ & 2)) && !defined(MD_EMU_UCONTEXT)
 #define MD_EMU_FAST_SWITCH 1
 // rdi = where to save this fiber's stack pointer, rsi = the other fiber's. Naked: the body is the whole function.
 __attribute__((naked, noinline)) inline void switch_stacks(void** /*save_sp*/, void* /*load_sp*/) {
@@ -326,7 +326,6 @@ class Launch {
 
   unsigned int lane() const { return fibers_[current_].lane; }
   unsigned char* shared_memory() { return shared_.empty() ? nullptr : shared_.data(); }
-  std::size_t shared_bytes() const { return shared_.size(); }
 
   [[noreturn]] void fail(const std::string& what) {
     const Fiber& f = fibers_[current_];
@@ -379,9 +378,9 @@ class Launch {
       }
       const Rendezvous r = *it;
       it = pending.erase(it);
-      std::uint64_t ballot = 0;
+      std::uint64_t ballot = 0;  // (not `(v != 0 ? 1 : 0) << l`: GCC 12 with -fsanitize=undefined got that wrong)
       for (unsigned int l = 0; l < 32; ++l)
-        if ((r.arrived >> l) & 1u) ballot |= (r.value[l] != 0 ? 1ull : 0ull) << l;
+        if (((r.arrived >> l) & 1u) && r.value[l] != 0) ballot |= std::uint64_t(1) << l;
       std::vector<unsigned int> lanes;
       for (unsigned int l = 0; l < 32; ++l) {
         if (!((r.arrived >> l) & 1u)) continue;
@@ -476,7 +475,7 @@ class Launch {
     for (auto& l : live_lanes_) l = 0;
     for (unsigned int t = 0; t < n_threads_; ++t) live_lanes_[t / 32] |= 1u << (t % 32);
     returned_ = barrier_arrived_ = 0;
-    std::memset(shared_.data(), 0xff, shared_.size());
+    if (!shared_.empty()) std::memset(shared_.data(), 0xff, shared_.size());
     std::vector<unsigned int> all(n_threads_);
     for (unsigned int t = 0; t < n_threads_; ++t) {
 #ifdef MD_EMU_ASAN

@@ -29,13 +29,6 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
-// The maximum of v over the 32 lanes of a full warp, in every lane (the same butterfly).
-template <typename T>
-__device__ __forceinline__ T warp_max(T v) {
-  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) v = md::max(v, __shfl_xor_sync(kFullWarp, v, offset));
-  return v;
-}
-
 // The thread's index in its block, x fastest: lanes of a warp are 32 consecutive ones.
 __device__ __forceinline__ unsigned int linear_thread_index() {
   return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);

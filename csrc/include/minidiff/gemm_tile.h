@@ -43,24 +43,15 @@ struct Epilogue {
 
 __device__ __forceinline__ int tile_thread() { return threadIdx.x + kTileThreadsX * threadIdx.y; }
 
-// This thread's share of the slab of A at (i0, p0), read from global memory into registers: element e of
-// the slab (row-major, 64 x 16) goes to thread e % 256, so consecutive threads read along a row of A.
-template <typename T, class A>
-__device__ void load_slab_a(const A& a, index_t m, index_t k, index_t i0, index_t p0, T (&reg)[kLoadsA]) {
-  for (int r = 0; r < kLoadsA; ++r) {
+// This thread's share of a slab, read from global memory into registers: element e of the slab (row-major,
+// `Cols` wide: 64 x 16 of A at (i0, p0), or 16 x 64 of B at (p0, j0)) goes to thread e % 256, so consecutive
+// threads read along a row of the matrix. Past its edges (rows x cols) the slab is zeros.
+template <int Cols, typename T, int Loads, class View>
+__device__ void load_slab(const View& v, index_t rows, index_t cols, index_t r0, index_t c0, T (&reg)[Loads]) {
+  for (int r = 0; r < Loads; ++r) {
     const int e = tile_thread() + r * kTileThreads;
-    const index_t i = i0 + e / kTileK, p = p0 + e % kTileK;
-    reg[r] = (i < m && p < k) ? a(i, p) : T(0);
-  }
-}
-
-// ... and of B at (p0, j0) (16 x 64, row-major): consecutive threads read along a row of B.
-template <typename T, class B>
-__device__ void load_slab_b(const B& b, index_t k, index_t n, index_t p0, index_t j0, T (&reg)[kLoadsB]) {
-  for (int r = 0; r < kLoadsB; ++r) {
-    const int e = tile_thread() + r * kTileThreads;
-    const index_t p = p0 + e / kTileN, j = j0 + e % kTileN;
-    reg[r] = (p < k && j < n) ? b(p, j) : T(0);
+    const index_t i = r0 + e / Cols, j = c0 + e % Cols;
+    reg[r] = (i < rows && j < cols) ? v(i, j) : T(0);
   }
 }
 
@@ -112,8 +103,8 @@ __device__ void gemm_register_tiles(index_t m, index_t n, index_t k, const A& a,
     T acc[kThreadM][kThreadN] = {};
     for (index_t p0 = 0; p0 < k; p0 += kTileK) {
       T ra[kLoadsA], rb[kLoadsB];
-      load_slab_a(a, m, k, i0, p0, ra);
-      load_slab_b(b, k, n, p0, j0, rb);
+      load_slab<kTileK>(a, m, k, i0, p0, ra);
+      load_slab<kTileN>(b, k, n, p0, j0, rb);
       store_slabs(ra, rb, as, bs);
       __syncthreads();  // the slabs are complete before anyone multiplies them
       multiply_slabs<T>(as, bs, acc);
@@ -138,8 +129,8 @@ __device__ void gemm_double_buffered(index_t m, index_t n, index_t k, const A& a
     T acc[kThreadM][kThreadN] = {};
     T ra[kLoadsA], rb[kLoadsB];
     if (slabs > 0) {
-      load_slab_a(a, m, k, i0, 0, ra);
-      load_slab_b(b, k, n, 0, j0, rb);
+      load_slab<kTileK>(a, m, k, i0, 0, ra);
+      load_slab<kTileN>(b, k, n, 0, j0, rb);
       store_slabs(ra, rb, as[0], bs[0]);
     }
     __syncthreads();
@@ -147,8 +138,8 @@ __device__ void gemm_double_buffered(index_t m, index_t n, index_t k, const A& a
       const int now = static_cast<int>(s % 2);
       const bool more = s + 1 < slabs;
       if (more) {
-        load_slab_a(a, m, k, i0, (s + 1) * kTileK, ra);
-        load_slab_b(b, k, n, (s + 1) * kTileK, j0, rb);
+        load_slab<kTileK>(a, m, k, i0, (s + 1) * kTileK, ra);
+        load_slab<kTileN>(b, k, n, (s + 1) * kTileK, j0, rb);
       }
       multiply_slabs<T>(as[now], bs[now], acc);
       if (more) store_slabs(ra, rb, as[1 - now], bs[1 - now]);
