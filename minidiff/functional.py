@@ -351,19 +351,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Any = No
         _tensor(t, name)
         if t.ndim < 2:
             raise ValueError(f"{name}: expected (..., L, d), got shape {t.shape}")
-    if k.shape[-1] != q.shape[-1]:
-        raise ValueError(f"k: expected feature size {q.shape[-1]} (q's), got shape {k.shape}")
-    if v.shape[-2] != k.shape[-2]:
-        raise ValueError(f"v: expected {k.shape[-2]} keys (k's), got shape {v.shape}")
-    if mask is not None:
+    if mask is not None:  # its dtype and shape, and the sizes of q, k, v, are checked by the kernel
         mask = np.asarray(mask.data if isinstance(mask, Tensor) else mask)
-        if mask.dtype != bool:
-            raise TypeError(f"mask: expected a boolean array (True = attend), got dtype {mask.dtype}")
-        try:
-            np.broadcast_shapes(mask.shape, q.shape[:-1] + k.shape[-2:-1])
-        except ValueError:
-            expected = q.shape[:-1] + k.shape[-2:-1]
-            raise ValueError(f"mask: shape {mask.shape} does not broadcast to {expected}") from None
     if scale is None and q.shape[-1] == 0:
         raise ValueError(f"scale: q has feature size 0 (shape {q.shape}), so there is no default 1/sqrt(d); pass one")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)

@@ -209,65 +209,6 @@ def test_the_backward_runs_on_what_the_forward_kept():
         assert_close(got, ref, scale=np.abs(ref) + 1)
 
 
-# --- the autodiff on the cpp backend: PyTorch and central differences -----------------------------------------------
-
-
-@st.composite
-def functional_cases(draw, every_query_keeps_a_key: bool = True):
-    """F.scaled_dot_product_attention on sizes >= 1 with a mask (or none) and a scale (or the default)."""
-    n, heads = draw(st.integers(1, 2)), draw(st.integers(1, 3))
-    lq, lk, d, dv = (draw(st.integers(1, hi)) for hi in (6, 7, 5, 4))
-    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    mask = rng.random((lq, lk)) < 0.6 if draw(st.booleans()) else None
-    if mask is not None and every_query_keeps_a_key:
-        mask[np.arange(lq), rng.integers(0, lk, lq)] = True
-    scale = draw(st.sampled_from([None, 0.3, -1.5]))
-    arrays = (rng.standard_normal((n, heads, lq, d)), rng.standard_normal((n, heads, lk, d)),
-              rng.standard_normal((n, heads, lk, dv)))
-
-    def theirs(t, q, k, v):
-        m = None if mask is None else t.from_numpy(mask)
-        return t.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale)
-
-    return "attention", Case(arrays, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask, scale), theirs)
-
-
-@pytest.mark.torch
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@given(named_case=functional_cases())
-def test_cpp_path_matches_pytorch_autograd(named_case, dtype):
-    """[E45] against torch.nn.functional.scaled_dot_product_attention and its autograd."""
-    require_backend("cpp")
-    with md.use_backend("cpp"):
-        check_against_torch(named_case, dtype)
-
-
-@pytest.mark.torch
-def test_a_query_with_no_key_gets_nan_as_pytorchs_matmul_softmax():
-    """Every key of query 1 masked: NaN there (softmax of -inf only), the other rows as PyTorch's."""
-    require_backend("cpp")
-    import torch
-    from reference.torch_twins import attention_torch
-
-    rng = np.random.default_rng(2)
-    q, k, v = (rng.standard_normal(s) for s in ((2, 4, 3), (2, 5, 3), (2, 5, 2)))
-    mask = rng.random((4, 5)) < 0.6
-    mask[:, 2] = True
-    mask[1] = False
-    with md.use_backend("cpp"):
-        out = F.scaled_dot_product_attention(*(Tensor(a) for a in (q, k, v)), mask=mask, scale=0.8).data
-    expected = attention_torch(*(torch.from_numpy(a) for a in (q, k, v)), torch.from_numpy(mask), 0.8).numpy()
-    assert_close_with_specials(out, expected, np.abs(expected), np.float64, "out:")
-    assert np.isnan(out[:, 1]).all()
-
-
-@given(named_case=functional_cases())
-def test_cpp_path_passes_gradcheck(named_case):
-    require_backend("cpp")
-    with md.use_backend("cpp"):
-        check_gradcheck(named_case)
-
-
 # --- softmax and log_softmax ---------------------------------------------------------------------------------------
 
 
@@ -361,6 +302,30 @@ def test_softmax_result_does_not_depend_on_the_thread_count():
             np.testing.assert_array_equal(got, ref, err_msg=f"{name}, {threads} threads")
 
 
+# --- the autodiff on the cpp backend ------------------------------------------------------------------------------
+
+
+@st.composite
+def functional_cases(draw):
+    """F.scaled_dot_product_attention on sizes >= 1 with a mask in which every query keeps a key (PyTorch gives 0
+    where we give NaN), or none, and a scale (or the default)."""
+    n, heads = draw(st.integers(1, 2)), draw(st.integers(1, 3))
+    lq, lk, d, dv = (draw(st.integers(1, hi)) for hi in (6, 7, 5, 4))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    mask = rng.random((lq, lk)) < 0.6 if draw(st.booleans()) else None
+    if mask is not None:
+        mask[np.arange(lq), rng.integers(0, lk, lq)] = True
+    scale = draw(st.sampled_from([None, 0.3, -1.5]))
+    arrays = (rng.standard_normal((n, heads, lq, d)), rng.standard_normal((n, heads, lk, d)),
+              rng.standard_normal((n, heads, lk, dv)))
+
+    def theirs(t, q, k, v):
+        m = None if mask is None else t.from_numpy(mask)
+        return t.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m, scale=scale)
+
+    return "attention", Case(arrays, lambda q, k, v: F.scaled_dot_product_attention(q, k, v, mask, scale), theirs)
+
+
 @st.composite
 def softmax_cases(draw):
     name = draw(st.sampled_from(["softmax", "log_softmax"]))
@@ -371,20 +336,44 @@ def softmax_cases(draw):
     return name, Case((x,), lambda t: getattr(F, name)(t, axis=axis), lambda t, a: getattr(t, name)(a, dim=axis))
 
 
+CPP_CASES = st.one_of(functional_cases(), softmax_cases())
+
+
 @pytest.mark.torch
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@given(named_case=softmax_cases())
-def test_softmax_cpp_path_matches_pytorch_autograd(named_case, dtype):
+@given(named_case=CPP_CASES)
+def test_cpp_path_matches_pytorch_autograd(named_case, dtype):
+    """[E45] attention against torch.nn.functional.scaled_dot_product_attention, softmax and log_softmax against
+    torch's, forward and backward."""
     require_backend("cpp")
     with md.use_backend("cpp"):
         check_against_torch(named_case, dtype)
 
 
-@given(named_case=softmax_cases())
-def test_softmax_cpp_path_passes_gradcheck(named_case):
+@given(named_case=CPP_CASES)
+def test_cpp_path_passes_gradcheck(named_case):
     require_backend("cpp")
     with md.use_backend("cpp"):
         check_gradcheck(named_case)
+
+
+@pytest.mark.torch
+def test_a_query_with_no_key_gets_nan_as_pytorchs_matmul_softmax():
+    """Every key of query 1 masked: NaN there (softmax of -inf only), the other rows as PyTorch's."""
+    require_backend("cpp")
+    import torch
+    from reference.torch_twins import attention_torch
+
+    rng = np.random.default_rng(2)
+    q, k, v = (rng.standard_normal(s) for s in ((2, 4, 3), (2, 5, 3), (2, 5, 2)))
+    mask = rng.random((4, 5)) < 0.6
+    mask[:, 2] = True
+    mask[1] = False
+    with md.use_backend("cpp"):
+        out = F.scaled_dot_product_attention(*(Tensor(a) for a in (q, k, v)), mask=mask, scale=0.8).data
+    expected = attention_torch(*(torch.from_numpy(a) for a in (q, k, v)), torch.from_numpy(mask), 0.8).numpy()
+    assert_close_with_specials(out, expected, np.abs(expected), np.float64, "out:")
+    assert np.isnan(out[:, 1]).all()
 
 
 # --- bad input -----------------------------------------------------------------------------------------------------

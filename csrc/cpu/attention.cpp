@@ -53,28 +53,11 @@ constexpr index_t kQueryTile = 64;  // rows of a tile of scores
 constexpr index_t kKeyTile = 128;   // columns: a float64 tile is 64 KiB, in L2 beside the tiles of Q, K, V
 constexpr index_t kMinUnits = 8;    // the backward splits each batch element's keys until there are this many units
 
-template <typename T>
-AlignedBuffer<T>& scores_buffer() {
-  thread_local AlignedBuffer<T> buffer;
-  return buffer;
-}
-template <typename T>
-AlignedBuffer<T>& grad_scores_buffer() {
-  thread_local AlignedBuffer<T> buffer;
-  return buffer;
-}
-template <typename T>
-AlignedBuffer<T>& delta_buffer() {
-  thread_local AlignedBuffer<T> buffer;
-  return buffer;
-}
-template <typename T>
-AlignedBuffer<T>& keys_t_buffer() {
-  thread_local AlignedBuffer<T> buffer;
-  return buffer;
-}
-template <typename T>
-AlignedBuffer<T>& values_t_buffer() {
+// Each thread's scratch buffers, reused from call to call: one per Scratch, for each T.
+enum class Scratch { scores, grad_scores, delta, keys_t, values_t };
+
+template <typename T, Scratch which>
+AlignedBuffer<T>& scratch() {
   thread_local AlignedBuffer<T> buffer;
   return buffer;
 }
@@ -158,8 +141,8 @@ void forward_tile(const AttentionShape& s, index_t b, index_t i0, const T* q, co
   const index_t rows = std::min(kQueryTile, s.lq - i0);
   const T* q_tile = q + (b * s.lq + i0) * s.d;  // (rows, D)
   T* o = out + (b * s.lq + i0) * s.dv;          // (rows, Dv): the accumulator, then the output
-  T* scores = scores_buffer<T>().get(rows * std::min(kKeyTile, s.lk));
-  T* k_t = keys_t_buffer<T>().get(s.d * std::min(kKeyTile, s.lk));
+  T* scores = scratch<T, Scratch::scores>().get(rows * std::min(kKeyTile, s.lk));
+  T* k_t = scratch<T, Scratch::keys_t>().get(s.d * std::min(kKeyTile, s.lk));
   SoftmaxState<T> state[kQueryTile];
   for (index_t r = 0; r < rows; ++r) state[r] = softmax_state_empty<T>();
   for (index_t j0 = 0; j0 < s.lk; j0 += kKeyTile) {
@@ -198,7 +181,7 @@ void backward_keys(const AttentionShape& s, index_t b, index_t t0, index_t t1, c
   const T* d_o = grad_out + b * s.lq * s.dv;  // (Lq, Dv)
   const T* q_b = q + b * s.lq * s.d;          // (Lq, D)
   const T* lse_b = lse + b * s.lq;
-  T* delta = delta_buffer<T>().get(s.lq);  // D_i = sum_c dO_ic O_ic
+  T* delta = scratch<T, Scratch::delta>().get(s.lq);  // D_i = sum_c dO_ic O_ic
   for (index_t i = 0; i < s.lq; ++i) {
     const T* o_row = out + (b * s.lq + i) * s.dv;
     T sum = 0;
@@ -207,10 +190,10 @@ void backward_keys(const AttentionShape& s, index_t b, index_t t0, index_t t1, c
     delta[i] = sum;
   }
   const index_t tile_size = std::min(kQueryTile, s.lq) * std::min(kKeyTile, s.lk);
-  T* p = scores_buffer<T>().get(tile_size);        // S, then P
-  T* dp = grad_scores_buffer<T>().get(tile_size);  // dP, then dS
-  T* k_t = keys_t_buffer<T>().get(s.d * std::min(kKeyTile, s.lk));
-  T* v_t = values_t_buffer<T>().get(s.dv * std::min(kKeyTile, s.lk));
+  T* p = scratch<T, Scratch::scores>().get(tile_size);        // S, then P
+  T* dp = scratch<T, Scratch::grad_scores>().get(tile_size);  // dP, then dS
+  T* k_t = scratch<T, Scratch::keys_t>().get(s.d * std::min(kKeyTile, s.lk));
+  T* v_t = scratch<T, Scratch::values_t>().get(s.dv * std::min(kKeyTile, s.lk));
   for (index_t t = t0; t < t1; ++t) {
     const index_t j0 = t * kKeyTile, cols = std::min(kKeyTile, s.lk - j0);
     const T* k_tile = k + (b * s.lk + j0) * s.d;   // (cols, D)

@@ -100,7 +100,7 @@ def _check_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarr
         raise ValueError(f"k, v: batch shapes of q {q.shape}, k {k.shape}, v {v.shape} do not broadcast") from None
     if mask is not None:
         if not isinstance(mask, np.ndarray) or mask.dtype != bool:
-            raise TypeError(f"mask: expected a boolean numpy.ndarray (True = attend) or None, got "
+            raise TypeError(f"mask: expected a boolean array (True = attend) or None, got "
                             f"{getattr(mask, 'dtype', type(mask).__name__)}")
         scores_shape = np.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (q.shape[-2], k.shape[-2])
         try:
