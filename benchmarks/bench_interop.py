@@ -5,6 +5,8 @@ sampler and U-Net loaded from the folder against diffusers' DDIMPipeline), as ra
 
     python benchmarks/bench_interop.py [--config cifar10] [--batch 16] [--repeats 5] [--threads 1 2]
                                        [--ddim-steps 50] [--quick]
+    The digits U-Net's 50 DDIM steps of a batch of 64 (issue 9's sampling figure):
+    python benchmarks/bench_interop.py --config digits --batch 64
     --quick: 3 repeats and 10 DDIM steps. CI smoke test (seconds):
     python benchmarks/bench_interop.py --config tiny --batch 2 --repeats 1 --threads 1 --ddim-steps 2 > /dev/null
 
@@ -57,6 +59,10 @@ CONFIGS = {
                                                           "DownBlock2D"),
                     up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), attention_head_dim=None,
                     norm_num_groups=32, norm_eps=1e-6, flip_sin_to_cos=False, freq_shift=1, downsample_padding=0),
+    # the digits U-Net of bench_training.py and the demo's scale (1x8x8, channels (32, 64), attention at 4x4)
+    "digits": dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 64), layers_per_block=2,
+                   down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+                   attention_head_dim=8, norm_num_groups=8),
     "tiny": dict(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16), layers_per_block=1,
                  down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
                  attention_head_dim=4, norm_num_groups=4),

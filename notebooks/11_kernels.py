@@ -706,10 +706,15 @@ assert np.nanmax(np.abs(recomputed - probs_twin)) < 1e-12
 # Processors* teaches it.)
 #
 # No GPU is needed to see this. `cuda-emu` compiles the very `.cu` files of `csrc/cuda/` with g++ under a header
-# of minidiff's own (`csrc/include/minidiff/cuda_emu.h`): blocks run one after another, the threads of a block are
-# real `std::thread`s that meet at a barrier for `__syncthreads()`, and `__shared__` arrays are shared by the
-# threads of the running block. It checks indexing, tiling and synchronization, not speed, and it does not model
-# warps. `minidiff.kernels._cuda.launch` takes the same grid, block and arguments on a GPU and on the emulator.
+# of minidiff's own (`csrc/include/minidiff/cuda_emu.h`): blocks run one after another; the threads of a block
+# are *fibers*, each with its own stack, and the emulator switches from one to the next whenever a thread reaches
+# `__syncthreads()`, so a barrier is kept exactly: no thread passes it before all have arrived. Lanes are grouped
+# into warps of 32 for the warp intrinsics (`__shfl_sync`, `__shfl_xor_sync`, `__ballot_sync`, `__syncwarp`),
+# `__shared__` arrays (static or sized at launch) belong to the running block, and `atomicAdd` is there for
+# reductions across blocks. A kernel whose threads wait for each other forever, or that calls `__syncthreads()`
+# from only part of a block, stops with an error naming the block, where a GPU would hang or silently compute
+# garbage. It checks indexing, tiling and synchronization, not speed.
+# `minidiff.kernels._cuda.launch` takes the same grid, block and arguments on a GPU and on the emulator.
 #
 # The sampler step kernel gives each thread every `gridDim.x * blockDim.x`-th element, a *grid-stride loop*, so
 # any grid covers any $n$:
@@ -839,7 +844,31 @@ plt.show()
 # On a GPU the same loops get their speed from the hierarchy: a block stages a tile of $A$ and $B$ in shared
 # memory (each number loaded once, used by many threads), each thread keeps a small tile of $C$ in registers, and
 # the warps of many blocks hide each other's memory latency. It is version 4's blocking with shared memory in the
-# role of the cache and the thread's registers in the role of the micro-kernel's.
+# role of the cache and the thread's registers in the role of the micro-kernel's. `csrc/cuda/gemm.cu` keeps four
+# versions side by side: one thread per element of $C$ reading global memory (1); $16 \times 16$ tiles of $A$ and
+# $B$ staged in shared memory (2); $64 \times 64$ tiles of $C$ with a $4 \times 4$ block of it in each thread's
+# registers (3); and version 3 double-buffered, the next slabs loading while these are multiplied (4). Here is
+# version 2's inner loop: load a tile, wait, multiply from shared memory, wait again before the next tile
+# overwrites it.
+
+# %%
+show_source("cuda/gemm.cu", "gemm_v2_kernel(md::index_t")
+
+# %% [markdown]
+# The emulator runs each version on sizes that are not multiples of any tile (the edges are where tiled kernels go
+# wrong) and compares with NumPy. The emulator is slow (every thread is a fiber on one CPU core), so the sizes are
+# small; a GPU would run the same launch.
+
+# %%
+if HAS_EMU:
+    a_g = rng.standard_normal((37, 53)).astype(np.float32)
+    b_g = rng.standard_normal((53, 70)).astype(np.float32)
+    with md.use_backend("cuda-emu"):
+        for v in (1, 2, 3, 4):
+            c_g = gemm(a_g, b_g, version=v)
+            gap = np.max(np.abs(c_g - a_g.astype(np.float64) @ b_g)) / np.max(np.abs(a_g.astype(np.float64) @ b_g))
+            print(f"CUDA GEMM version {v} on the emulator, (37 x 53) @ (53 x 70): max relative error {gap:.1e}")
+            assert gap < 1e-5
 
 # %% [markdown]
 # ## 6. Against PyTorch
@@ -862,8 +891,10 @@ if torch is not None:
     rows = bench_kernels.bench_gemm([128] if FAST else [256, 512], threads_list, quick, probe, best_kernel)
     rows += bench_kernels.bench_conv(bench_kernels.QUICK_CONV_SHAPES[:1] if FAST else bench_kernels.CONV_SHAPES,
                                      threads_list, quick)
-    sections = ["gemm", "conv forward", "conv forward+backward"]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.6), sharey=True)
+    rows += bench_kernels.bench_attention(bench_kernels.QUICK_ATTENTION_SHAPES[:1] if FAST
+                                          else bench_kernels.ATTENTION_SHAPES[:1], threads_list, quick)
+    sections = ["gemm", "conv forward", "conv forward+backward", "attention forward+backward"]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 4.6), sharey=True)
     for ax, section in zip(axes, sections, strict=True):
         chosen = [r for r in rows if r.section == section]
         groups = list(dict.fromkeys((r.case, r.threads) for r in chosen))
@@ -890,8 +921,10 @@ if torch is not None:
 # %% [markdown]
 # The GEMM bars compare version 4 with the BLAS behind NumPy and PyTorch; the convolution bars compare the C++
 # path (im2col or row tables into version 4) and the NumPy twins with PyTorch's own convolution, on its default
-# layout and on `channels_last`. The benchmark's markdown table adds each GEMM's fraction of the FMA peak and the
-# load of the machine when it ran.
+# layout and on `channels_last`; the attention bars compare the flash-style C++ kernel and the NumPy twin (which
+# keeps the $L \times L$ probabilities) with PyTorch's fused `scaled_dot_product_attention` and with the
+# matmul-softmax-matmul a PyTorch user writes by hand. The benchmark's markdown table adds each GEMM's fraction of
+# the FMA peak and the load of the machine when it ran; `benchmarks/README.md` reports the full sizes.
 
 # %% [markdown]
 # ## Summary
