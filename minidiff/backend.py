@@ -17,9 +17,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
+
+import numpy as np
 
 BACKENDS = ("numpy", "cpp", "cuda")
 TEST_BACKENDS = ("cuda-emu",)
@@ -73,6 +77,47 @@ def cupy_module() -> ModuleType:
     if module is None:
         raise RuntimeError(_unavailable_message("cuda", why))
     return module
+
+
+# --- where arrays live: NumPy (host) or CuPy (GPU) ------------------------------------------------------------------
+
+
+def array_module(a: Any) -> ModuleType:
+    """numpy, or cupy when `a` is a CuPy array: code that creates arrays writes ``xp = array_module(x)`` and
+    ``xp.zeros(...)``, so that they live where x lives. CuPy is never imported here: a CuPy array exists only
+    once CuPy has been imported, so sys.modules is asked.
+
+    Training on a GPU: build the model as usual (NumPy weights), then ``model.to("cuda")`` (every Parameter and
+    buffer becomes a cupy.ndarray), ``md.set_backend("cuda")`` (the CUDA kernels), create the optimizer, and move
+    each batch once per step (``md.tensor(cupy.asarray(x))``). Every Tensor operation, gradient and optimizer state
+    then stays on the GPU; ``Tensor.numpy()``, ``state_dict()`` and checkpoints copy to the host. No GPU runs in
+    this project's CI: tests/test_device_arrays.py runs whole training steps and a sampler loop with a stand-in
+    for CuPy (tests/fakecupy.py) whose arrays refuse implicit host copies, on the "cuda-emu" backend; what CuPy
+    itself computes (its ufuncs, cupyx.scatter_add, erf, NVRTC) is not tested here.
+    """
+    if isinstance(a, np.ndarray):
+        return np
+    cupy = sys.modules.get("cupy")
+    return cupy if cupy is not None and isinstance(a, cupy.ndarray) else np
+
+
+def is_device_array(a: Any) -> bool:
+    """True for a CuPy array (on a GPU), False for anything else."""
+    cupy = sys.modules.get("cupy")
+    return cupy is not None and isinstance(a, cupy.ndarray)
+
+
+def as_array(a: Any, dtype: Any = None) -> Any:
+    """`a` as an array where it lives: a NumPy or CuPy array as it is (cast when `dtype` differs), anything else
+    (a Python number or list, the NumPy scalar a NumPy reduction returns) as a NumPy array."""
+    if isinstance(a, np.ndarray) or is_device_array(a):
+        return a if dtype is None else a.astype(dtype, copy=False)
+    return np.asarray(a, dtype)
+
+
+def to_host(a: Any) -> np.ndarray:
+    """`a` as a NumPy array: itself when it is one (no copy), a copy from the GPU when it is a CuPy array."""
+    return array_module(a).asnumpy(a) if is_device_array(a) else np.asarray(a)
 
 
 def why_unavailable(name: str) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 from minidiff.autodiff import ops
 from minidiff.autodiff.function import Context, Function, sum_to_shape
 from minidiff.autodiff.tensor import Tensor
+from minidiff.backend import array_module, as_array
 from minidiff.kernels import attention as _attention
 from minidiff.kernels import conv2d as _conv2d
 from minidiff.kernels import group_norm as _group_norm
@@ -134,13 +135,14 @@ def cross_entropy(logits: Tensor, target: Any, reduction: str = "mean") -> Tenso
     """-log softmax(logits)[target] per row. logits (N, C), target (N,) integer class indices."""
     _tensor(logits, "logits", ndim=2)
     _check_reduction(reduction)
-    target = np.asarray(target.data if isinstance(target, Tensor) else target)
+    target = as_array(target.data if isinstance(target, Tensor) else target)
     if target.dtype.kind not in "iu" or target.shape != logits.shape[:1]:
         raise ValueError(f"target: expected integer class indices of shape {logits.shape[:1]}, "
                          f"got dtype {target.dtype} shape {target.shape}")
     if target.size and (target.min() < 0 or target.max() >= logits.shape[1]):
         raise ValueError(f"target: class indices must be in [0, {logits.shape[1]}), got {target.min()}..{target.max()}")
-    picked = log_softmax(logits, axis=1)[np.arange(len(target)), target]  # (N,)
+    xp = array_module(logits.data)  # the indices go where the logits are
+    picked = log_softmax(logits, axis=1)[xp.arange(len(target)), xp.asarray(target)]  # (N,)
     return _reduce(-picked, reduction)
 
 
@@ -150,7 +152,7 @@ def mse_loss(prediction: Tensor, target: Any, reduction: str = "mean") -> Tensor
     if np.shape(target.data if isinstance(target, Tensor) else target) != prediction.shape:
         raise ValueError(f"target: expected shape {prediction.shape} (the prediction's), got {np.shape(target)}")
     if not isinstance(target, Tensor):
-        target = np.asarray(target, dtype=prediction.dtype)  # a constant takes the prediction's dtype
+        target = as_array(target, prediction.dtype)  # a constant takes the prediction's dtype
     diff = prediction - target
     return _reduce(diff * diff, reduction)
 
@@ -352,7 +354,7 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Any = No
         if t.ndim < 2:
             raise ValueError(f"{name}: expected (..., L, d), got shape {t.shape}")
     if mask is not None:  # its dtype and shape, and the sizes of q, k, v, are checked by the kernel
-        mask = np.asarray(mask.data if isinstance(mask, Tensor) else mask)
+        mask = as_array(mask.data if isinstance(mask, Tensor) else mask)
     if scale is None and q.shape[-1] == 0:
         raise ValueError(f"scale: q has feature size 0 (shape {q.shape}), so there is no default 1/sqrt(d); pass one")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
@@ -365,12 +367,12 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, mask: Any = No
 def embedding(indices: Any, weight: Tensor) -> Tensor:
     """weight[indices]: rows of a (num_embeddings, dim) table; repeated indices add their gradients."""
     _tensor(weight, "weight", ndim=2)
-    idx = np.asarray(indices.data if isinstance(indices, Tensor) else indices)
+    idx = as_array(indices.data if isinstance(indices, Tensor) else indices)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"indices: expected integers, got dtype {idx.dtype}")
     if idx.size and (idx.min() < 0 or idx.max() >= weight.shape[0]):
         raise ValueError(f"indices: expected values in [0, {weight.shape[0]}), got {idx.min()}..{idx.max()}")
-    return weight[idx]
+    return weight[array_module(weight.data).asarray(idx)]  # the indices go where the table is
 
 
 def dropout(x: Tensor, p: float, training: bool = True, rng: np.random.Generator | None = None) -> Tensor:
@@ -381,8 +383,8 @@ def dropout(x: Tensor, p: float, training: bool = True, rng: np.random.Generator
         return x
     if not isinstance(rng, np.random.Generator):
         raise TypeError("rng: dropout draws random numbers; pass a numpy.random.Generator")
-    keep = rng.random(x.shape) >= p
-    return x * (keep / (1.0 - p)).astype(x.dtype)
+    keep = rng.random(x.shape) >= p  # drawn on the host (explicit randomness), then moved to x's device
+    return x * array_module(x.data).asarray((keep / (1.0 - p)).astype(x.dtype))
 
 
 def pad(x: Tensor, widths: Sequence[tuple[int, int]], value: float = 0.0) -> Tensor:
@@ -404,7 +406,7 @@ def stack(tensors: Sequence[Tensor], axis: int = 0) -> Tensor:
 
 def where(condition: Any, a: Any, b: Any) -> Tensor:
     """a where condition (a boolean array) else b; gradients flow to the chosen side."""
-    return ops.Where.apply(np.asarray(condition.data if isinstance(condition, Tensor) else condition), a, b)
+    return ops.Where.apply(as_array(condition.data if isinstance(condition, Tensor) else condition), a, b)
 
 
 def clip(x: Tensor, low: float | None = None, high: float | None = None) -> Tensor:

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from minidiff.autodiff.tensor import Tensor
+from minidiff.backend import array_module, as_array, to_host
 from minidiff.nn.module import Module, Parameter, Spec, check_state_dict
 
 # --- optimizers -----------------------------------------------------------------------------------------
@@ -86,8 +87,8 @@ class Optimizer:
         """One update of every parameter that has a gradient."""
         for group in self.param_groups:
             for p in group["params"]:
-                if p.grad is not None:  # (asarray: a 0-d gradient may arrive as a NumPy scalar)
-                    self._update(p, np.asarray(p.grad), group, self.state.setdefault(p, {}))
+                if p.grad is not None:  # (as_array: a 0-d gradient may arrive as a NumPy scalar)
+                    self._update(p, as_array(p.grad), group, self.state.setdefault(p, {}))
 
     def zero_grad(self) -> None:
         """Set every parameter's .grad to None."""
@@ -101,14 +102,14 @@ class Optimizer:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         """Hyperparameters of each group g as "param_groups.<g>.<name>" and the state of parameter i
-        (counting through the groups in order) as "state.<i>.<name>", all NumPy arrays (copies)."""
+        (counting through the groups in order) as "state.<i>.<name>", all NumPy arrays (copies, also of GPU state)."""
         out = {}
         for g, group in enumerate(self.param_groups):
             for name in self.defaults:
                 out[f"param_groups.{g}.{name}"] = _encode(group[name])
         for i, p in enumerate(self._params()):
             for name, value in self.state.get(p, {}).items():
-                out[f"state.{i}.{name}"] = np.array(value)
+                out[f"state.{i}.{name}"] = np.array(to_host(value))
         return out
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
@@ -132,7 +133,8 @@ class Optimizer:
             if kind == "param_groups":
                 groups[int(index)][name] = _like(groups[int(index)][name], array)
             else:
-                state.setdefault(params[int(index)], {})[name] = int(array) if name == "step" else array.copy()
+                p = params[int(index)]  # the state goes where the parameter is (a copy)
+                state.setdefault(p, {})[name] = int(array) if name == "step" else array_module(p.data).array(array)
         for group in groups:
             self._check_group(group)
         self.param_groups, self.state = groups, state
@@ -194,7 +196,7 @@ class SGD(Optimizer):
             grad = grad + group["weight_decay"] * p.data
         if mu:
             if "momentum_buffer" not in state:
-                state["momentum_buffer"] = np.array(grad)  # a copy, and 0-d stays an array (not a scalar)
+                state["momentum_buffer"] = array_module(p.data).array(grad)  # a copy; 0-d stays an array
             else:
                 buf = state["momentum_buffer"]
                 buf *= mu
@@ -277,8 +279,9 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_norm: float, norm
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
-    norms = np.array([np.linalg.norm(g.ravel(), ord=norm_type) for g in grads])
-    total = float(np.linalg.norm(norms, ord=norm_type))
+    xp = array_module(grads[0])  # the norms are taken where the gradients are: one number comes to the host
+    norms = xp.stack([xp.linalg.norm(g.ravel(), ord=norm_type) for g in grads])
+    total = float(xp.linalg.norm(norms, ord=norm_type))
     if error_if_nonfinite and not math.isfinite(total):
         raise RuntimeError(f"clip_grad_norm_: the total {norm_type}-norm of the gradients is {total}; "
                            "pass error_if_nonfinite=False to clip anyway")
@@ -416,7 +419,7 @@ class EMA:
         if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0.0 <= decay <= 1.0:
             raise ValueError(f"decay: expected a number in [0, 1], got {decay!r}")
         self.decay, self.warmup, self.num_updates = float(decay), bool(warmup), 0
-        self.shadow = model.state_dict()
+        self.shadow = {name: t.data.copy() for name, t in model.state_dict(keep_vars=True).items()}  # on its device
 
     def current_decay(self) -> float:
         """The decay the next update uses: `decay`, or with warmup min(decay, (1 + k) / (10 + k))."""
@@ -450,10 +453,10 @@ class EMA:
         model.load_state_dict(self.shadow)
 
     def state_dict(self) -> dict[str, np.ndarray]:
-        """The averaged weights, as a model state dict (copies)."""
-        return {name: array.copy() for name, array in self.shadow.items()}
+        """The averaged weights, as a model state dict (NumPy copies)."""
+        return {name: np.array(to_host(array)) for name, array in self.shadow.items()}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         expected = {name: _spec(array) for name, array in self.shadow.items()}
         arrays, _ = check_state_dict(type(self).__name__, state_dict, expected)
-        self.shadow = {name: array.copy() for name, array in arrays.items()}
+        self.shadow = {name: array_module(self.shadow[name]).array(array) for name, array in arrays.items()}

@@ -1,16 +1,21 @@
 """The primitive operations. Each is a Function with its forward and backward side by side; the
 docstring gives the local derivative. Shapes: `a`, `b` broadcast against each other (NumPy rules);
 every backward returns gradients of exactly its inputs' shapes (`sum_to_shape` undoes broadcasting).
+
+The arrays may be NumPy's or CuPy's: NumPy functions (np.exp, np.where, ...) run CuPy's on CuPy arrays, and
+`as_array` (not np.asarray, which would copy to the host) turns a NumPy reduction's scalar into an array.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
 import numpy as np
 
 from minidiff.autodiff.function import Context, Function, sum_to_shape
+from minidiff.backend import array_module, as_array, is_device_array
 from minidiff.exercise_tools import exercise
 from minidiff.kernels.activation import stable_sigmoid
 
@@ -29,7 +34,7 @@ class Add(Function):
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> np.ndarray:
         ctx.save(_shape(a), _shape(b))
-        return np.asarray(a + b)
+        return as_array(a + b)
 
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> tuple[Any, Any]:
@@ -43,7 +48,7 @@ class Sub(Function):
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> np.ndarray:
         ctx.save(_shape(a), _shape(b))
-        return np.asarray(a - b)
+        return as_array(a - b)
 
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> tuple[Any, Any]:
@@ -57,7 +62,7 @@ class Mul(Function):
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> np.ndarray:
         ctx.save(a, b)
-        return np.asarray(a * b)
+        return as_array(a * b)
 
     @staticmethod
     @exercise("ex01.2")
@@ -77,7 +82,7 @@ class Div(Function):
     def forward(ctx: Context, a: Any, b: Any) -> np.ndarray:
         ctx.save(a, b)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.asarray(a / b)
+            return as_array(a / b)
 
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> tuple[Any, Any]:
@@ -94,7 +99,7 @@ class Pow(Function):
     @staticmethod
     def forward(ctx: Context, a: Any, b: Any) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
-            out = np.asarray(np.power(a, b))
+            out = as_array(np.power(a, b))
         ctx.save(a, b, out)
         return out
 
@@ -106,7 +111,7 @@ class Pow(Function):
             if ctx.needs_input_grad[0]:
                 grad_a = sum_to_shape(grad * b * np.power(a, b - 1), _shape(a))
             if ctx.needs_input_grad[1]:
-                log_a = np.where((np.asarray(a) == 0) & (np.asarray(b) >= 0), 0.0, np.log(a))
+                log_a = np.where((as_array(a) == 0) & (as_array(b) >= 0), 0.0, np.log(a))
                 grad_b = sum_to_shape(grad * out * log_a, _shape(b))
         return grad_a, grad_b
 
@@ -117,14 +122,14 @@ class Where(Function):
 
     @staticmethod
     def forward(ctx: Context, condition: Any, a: Any, b: Any) -> np.ndarray:
-        condition = np.asarray(condition, dtype=bool)
+        condition = as_array(condition, bool)
         ctx.save(condition, _shape(a), _shape(b))
         return np.where(condition, a, b)
 
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> tuple[Any, Any, Any]:
         condition, a_shape, b_shape = ctx.saved
-        zero = np.zeros((), grad.dtype)
+        zero = grad.dtype.type(0)
         return None, sum_to_shape(np.where(condition, grad, zero), a_shape), \
             sum_to_shape(np.where(condition, zero, grad), b_shape)
 
@@ -269,6 +274,15 @@ _erf = np.frompyfunc(math.erf, 1, 1)
 SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
 
 
+def _normal_cdf(x: np.ndarray) -> np.ndarray:
+    """Phi(x) = (1 + erf(x / sqrt 2)) / 2 in x's dtype: math.erf per element (NumPy has no erf), or CuPy's erf."""
+    if is_device_array(x):
+        from cupyx.scipy.special import erf
+
+        return 0.5 * (1 + erf(x / math.sqrt(2)))
+    return np.asarray(0.5 * (1 + _erf(x / math.sqrt(2))), dtype=x.dtype)  # _erf of 0-d x: a float
+
+
 class Gelu(Function):
     """Exact: out = x Phi(x), Phi the standard normal CDF;  d/dx = Phi(x) + x phi(x).
     approximate="tanh": out = x (1 + tanh(u)) / 2, u = sqrt(2/pi) (x + 0.044715 x^3);
@@ -280,7 +294,7 @@ class Gelu(Function):
             th = np.tanh(SQRT_2_OVER_PI * (x + 0.044715 * x**3))
             ctx.save(x, th, approximate)
             return 0.5 * x * (1 + th)
-        cdf = np.asarray(0.5 * (1 + _erf(x / math.sqrt(2))), dtype=x.dtype)  # _erf of 0-d x: a float
+        cdf = _normal_cdf(x)
         ctx.save(x, cdf, approximate)
         return x * cdf
 
@@ -299,7 +313,7 @@ class Clip(Function):
 
     @staticmethod
     def forward(ctx: Context, x: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
-        inside = np.ones(x.shape, bool)
+        inside = array_module(x).ones(x.shape, bool)
         if low is not None:
             inside &= x >= low
         if high is not None:
@@ -359,7 +373,7 @@ class Sum(Function):
     def forward(ctx: Context, x: np.ndarray, axis: Any = None, keepdims: bool = False) -> np.ndarray:
         axes = normalize_axes(axis, x.ndim)
         ctx.save(x.shape, axes, keepdims)
-        return np.asarray(x.sum(axis=axes, keepdims=keepdims))
+        return as_array(x.sum(axis=axes, keepdims=keepdims))
 
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> np.ndarray:
@@ -374,7 +388,7 @@ class Mean(Function):
     def forward(ctx: Context, x: np.ndarray, axis: Any = None, keepdims: bool = False) -> np.ndarray:
         axes = normalize_axes(axis, x.ndim)
         ctx.save(x.shape, axes, keepdims)
-        return np.asarray(x.mean(axis=axes, keepdims=keepdims))
+        return as_array(x.mean(axis=axes, keepdims=keepdims))
 
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> np.ndarray:
@@ -412,7 +426,7 @@ class Var(Function):
         denom = math.prod(x.shape[a] for a in axes) - correction
         ctx.save(centered, axes, keepdims, denom)
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.asarray((centered * centered).sum(axis=axes, keepdims=keepdims) / denom)
+            return as_array((centered * centered).sum(axis=axes, keepdims=keepdims) / denom)
 
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> np.ndarray:
@@ -451,12 +465,22 @@ class Permute(Function):
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> np.ndarray:
         (axes,) = ctx.saved
-        return np.transpose(grad, np.argsort(axes))
+        return np.transpose(grad, tuple(np.argsort(axes)))
 
 
 def _is_advanced(index: Any) -> bool:
     parts = index if isinstance(index, tuple) else (index,)
-    return any(isinstance(p, np.ndarray | list) for p in parts)
+    return any(isinstance(p, np.ndarray | list) or is_device_array(p) for p in parts)
+
+
+def _add_at(out: np.ndarray, index: Any, values: np.ndarray) -> None:
+    """out[index] += values, adding once per occurrence of a repeated index: np.add.at, or cupyx.scatter_add."""
+    if is_device_array(out):
+        import cupyx
+
+        cupyx.scatter_add(out, index, values)
+    else:
+        np.add.at(out, index, values)
 
 
 class GetItem(Function):
@@ -466,14 +490,14 @@ class GetItem(Function):
     @staticmethod
     def forward(ctx: Context, x: np.ndarray, index: Any) -> np.ndarray:
         ctx.save(x.shape, x.dtype, index)
-        return np.asarray(x[index])
+        return as_array(x[index])
 
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> np.ndarray:
         shape, dtype, index = ctx.saved
-        out = np.zeros(shape, dtype)
+        out = array_module(grad).zeros(shape, dtype)
         if _is_advanced(index):
-            np.add.at(out, index, grad)  # repeated indices accumulate
+            _add_at(out, index, grad)  # repeated indices accumulate
         else:
             out[index] += grad
         return out
@@ -484,13 +508,13 @@ class Concat(Function):
 
     @staticmethod
     def forward(ctx: Context, *xs: np.ndarray, axis: int = 0) -> np.ndarray:
-        ctx.save([np.shape(x)[axis] for x in xs], axis)
+        ctx.save([_shape(x)[axis] for x in xs], axis)
         return np.concatenate(xs, axis=axis)
 
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> tuple[np.ndarray, ...]:
         sizes, axis = ctx.saved
-        return tuple(np.split(grad, np.cumsum(sizes)[:-1], axis=axis))
+        return tuple(np.split(grad, list(itertools.accumulate(sizes[:-1])), axis=axis))
 
 
 class Stack(Function):
@@ -538,7 +562,7 @@ class MatMul(Function):
 
     @staticmethod
     def forward(ctx: Context, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        a, b = np.asarray(a), np.asarray(b)
+        a, b = as_array(a), as_array(b)
         if a.ndim == 0 or b.ndim == 0:
             raise ValueError("matmul: operands must have at least one dimension (use * for scalars)")
         if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from minidiff.backend import array_module, as_array, is_device_array, to_host
+
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 DEFAULT_DTYPE = np.dtype(np.float32)  # for Python numbers and lists, as in PyTorch
 
@@ -52,10 +54,8 @@ def enable_grad() -> contextlib.AbstractContextManager[None]:
 def _as_array(data: Any, dtype: Any) -> np.ndarray:
     if isinstance(data, Tensor):
         data = data.data
-    if dtype is not None:
-        return np.asarray(data, dtype=dtype)
-    if isinstance(data, np.ndarray | np.generic):
-        return np.asarray(data)
+    if dtype is not None or isinstance(data, np.ndarray | np.generic) or is_device_array(data):
+        return as_array(data, dtype)  # a CuPy array stays on its GPU
     array = np.asarray(data)
     return array.astype(DEFAULT_DTYPE) if array.dtype.kind == "f" else array
 
@@ -74,7 +74,7 @@ class Node:
 
 
 class Tensor:
-    """An n-dimensional array (NumPy) with an optional gradient and the graph that produced it."""
+    """An n-dimensional array (NumPy, or CuPy on a GPU) with an optional gradient and the graph that produced it."""
 
     __slots__ = ("__weakref__", "_node", "data", "grad", "requires_grad")
     __array_ufunc__ = None  # numpy_array + tensor defers to Tensor.__radd__
@@ -92,7 +92,7 @@ class Tensor:
     def _from_op(cls, data: Any, node: Node | None) -> Tensor:
         """The output of an operation (no checks: the Function made it): tracked when node is given."""
         out = cls.__new__(cls)
-        out.data = data if type(data) is np.ndarray else np.asarray(data)
+        out.data = data if type(data) is np.ndarray else as_array(data)
         out.requires_grad = node is not None
         out.grad = None
         out._node = node
@@ -124,14 +124,15 @@ class Tensor:
 
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
-        body = np.array2string(self.data, separator=", ", prefix="tensor(")
+        body = np.array2string(to_host(self.data), separator=", ", prefix="tensor(")
         return f"tensor({body}, dtype={self.dtype}{grad})"
 
     def numpy(self) -> np.ndarray:
-        """The data (not a copy); refuses when gradients are tracked, as a reminder to detach."""
+        """The data (not a copy; a host copy of a CuPy array); refuses when gradients are tracked, as a reminder
+        to detach."""
         if self.requires_grad:
             raise RuntimeError("numpy: this tensor requires grad; call .detach().numpy()")
-        return self.data
+        return to_host(self.data)
 
     def item(self) -> float:
         if self.size != 1:
@@ -169,9 +170,9 @@ class Tensor:
             if self.size != 1:
                 raise RuntimeError(f"backward: gradient must be given for a tensor of shape {self.shape}; "
                                    "only a one-element output has the implicit gradient 1")
-            seed = np.ones(self.shape, self.dtype)
+            seed = array_module(self.data).ones(self.shape, self.dtype)
         else:
-            seed = np.asarray(gradient.data if isinstance(gradient, Tensor) else gradient, dtype=self.dtype)
+            seed = _as_array(gradient, self.dtype)
             if seed.shape != self.shape:
                 raise ValueError(f"gradient: expected shape {self.shape}, got {seed.shape}")
         grads: dict[int, np.ndarray] = {id(self): seed}
@@ -181,7 +182,7 @@ class Tensor:
                 continue
             node = tensor._node
             if node is None:  # a leaf: accumulate
-                tensor.grad = np.array(grad) if tensor.grad is None else np.asarray(tensor.grad + grad)
+                tensor.grad = as_array(grad).copy() if tensor.grad is None else as_array(tensor.grad + grad)
                 continue
             if node.freed:
                 raise RuntimeError("backward: this graph was already freed by an earlier backward; "

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from minidiff import backend as _backend
+from minidiff.backend import array_module  # noqa: F401 (re-exported: the kernels' xp = _checks.array_module(x))
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -19,11 +19,6 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 def is_array(a: object) -> bool:
     """A NumPy or CuPy ndarray (anything else is refused, not converted)."""
     return isinstance(a, np.ndarray) or type(a).__module__.startswith("cupy")
-
-
-def array_module(a: Any) -> Any:
-    """numpy for a NumPy array, cupy for a CuPy one."""
-    return np if isinstance(a, np.ndarray) else _backend.cupy_module()
 
 
 def c_contiguous(a: Any) -> Any:

@@ -83,7 +83,11 @@ def launch(
     """
     if backend == "cuda-emu":
         emu_kernel = getattr(_backend.extension().cuda_emu, kernel.split("<")[0])
-        emu_kernel(grid, block, *args, **({"shared_mem": shared_mem} if shared_mem else {}))
+        host_args = tuple(_backend.to_host(a) if _backend.is_device_array(a) else a for a in args)
+        emu_kernel(grid, block, *host_args, **({"shared_mem": shared_mem} if shared_mem else {}))
+        for a, host in zip(args, host_args, strict=True):  # the emulator ran on host copies of CuPy arrays:
+            if host is not a:  # copy each back (callers that write into their own arrays pass no `writes`)
+                a[...] = _backend.array_module(a).asarray(host)
         return
     function = _raw_module(cu_file).get_function(kernel)
     device_args = tuple(to_device(backend, a) for a in args)

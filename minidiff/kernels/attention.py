@@ -99,7 +99,7 @@ def _check_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarr
     except ValueError:
         raise ValueError(f"k, v: batch shapes of q {q.shape}, k {k.shape}, v {v.shape} do not broadcast") from None
     if mask is not None:
-        if not isinstance(mask, np.ndarray) or mask.dtype != bool:
+        if not _checks.is_array(mask) or mask.dtype != bool:
             raise TypeError(f"mask: expected a boolean array (True = attend) or None, got "
                             f"{getattr(mask, 'dtype', type(mask).__name__)}")
         scores_shape = np.broadcast_shapes(q.shape[:-2], k.shape[:-2]) + (q.shape[-2], k.shape[-2])

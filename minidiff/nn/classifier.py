@@ -101,7 +101,7 @@ class NoisyClassifier(Module):
         if not isinstance(x, Tensor) or x.shape[1:] != self.input_shape:
             shape = x.shape if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x: expected a Tensor (B, {', '.join(map(str, self.input_shape))}), got {shape}")
-        emb = self.time_embedding(self.time_proj(batch_timesteps(t, x.shape[0])))  # (B, E)
+        emb = self.time_embedding(self.time_proj(batch_timesteps(t, x.shape[0]), like=x))  # (B, E)
         if len(self.input_shape) == 1:
             h = self.input_proj(x) + emb  # (B, width)
             for block in self.blocks:

@@ -15,6 +15,7 @@ import numpy as np
 
 from minidiff import functional as F
 from minidiff.autodiff.tensor import Tensor
+from minidiff.backend import array_module, to_host
 from minidiff.exercise_tools import exercise
 from minidiff.nn.layers import Linear, SiLU, _float_dtype, _generator, _positive_int
 from minidiff.nn.module import Module, Parameter
@@ -53,7 +54,7 @@ def timestep_embedding(t: Any, dim: int, *, flip_sin_to_cos: bool = False, freq_
 
 def batch_timesteps(t: Any, batch: int) -> np.ndarray:
     """t as a (B,) array: a number is broadcast over the batch (as diffusers does)."""
-    t = np.asarray(t.data if isinstance(t, Tensor) else t)
+    t = to_host(t.data if isinstance(t, Tensor) else t)  # a few numbers: embedded on the host
     if t.ndim == 0:
         t = np.full(batch, t)
     if t.shape != (batch,) or t.dtype.kind not in "iuf":
@@ -72,10 +73,12 @@ class SinusoidalTimestepEmbedding(Module):
         self.flip_sin_to_cos, self.freq_shift, self.max_period = bool(flip_sin_to_cos), freq_shift, max_period
         self.dtype = _float_dtype(dtype)
 
-    def forward(self, t: Any) -> Tensor:
+    def forward(self, t: Any, like: Tensor | None = None) -> Tensor:
+        """like: the sample; the embedding is moved to its device (GPU or host), as diffusers moves timesteps."""
         emb = timestep_embedding(t, self.dim, flip_sin_to_cos=self.flip_sin_to_cos, freq_shift=self.freq_shift,
                                  max_period=self.max_period)
-        return Tensor(emb.astype(self.dtype))  # (B, dim)
+        emb = emb.astype(self.dtype)  # (B, dim)
+        return Tensor(emb if like is None else array_module(like.data).asarray(emb))
 
     def extra_repr(self) -> str:
         return f"{self.dim}, flip_sin_to_cos={self.flip_sin_to_cos}, freq_shift={self.freq_shift}"

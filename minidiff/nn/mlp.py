@@ -52,7 +52,7 @@ class MLPDenoiser(Module):
         if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[1] != self.dim:
             shape = x.shape if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"x: expected a Tensor (B, {self.dim}), got {shape}")
-        emb = self.time_embedding(self.time_proj(batch_timesteps(t, x.shape[0])))  # (B, hidden)
+        emb = self.time_embedding(self.time_proj(batch_timesteps(t, x.shape[0]), like=x))  # (B, hidden)
         if (self.class_embedding is None) != (class_labels is None):
             raise ValueError("class_labels: expected labels exactly when num_classes is set "
                              f"(num_classes = {self.config['num_classes']})")

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from minidiff import backend as _backend
 from minidiff.autodiff.tensor import FLOAT_DTYPES, Tensor
 
 
@@ -78,7 +79,7 @@ def check_state_dict(owner: str, given: Mapping[str, Any], expected: Mapping[str
         if key not in given:
             continue
         value = given[key]
-        array = value.data if isinstance(value, Tensor) else np.asarray(value)
+        array = value.data if isinstance(value, Tensor) else _backend.as_array(value)
         if array.shape != shape:
             problems.append(f"{key}: expected shape {shape}, got {array.shape}")
         elif array.dtype != dtype:
@@ -202,9 +203,10 @@ class Module:
         """Every parameter and persistent buffer by dotted name, in PyTorch's order (a module's own
         parameters, then its buffers, then its children). The values are copies of the arrays, a
         snapshot that later training does not change; keep_vars=True gives the Tensors themselves.
-        A module reachable under two names appears under both, as in PyTorch."""
+        A module reachable under two names appears under both, as in PyTorch. The copies are NumPy arrays,
+        also for a module on the GPU."""
         tensors = dict(_state_tensors(self, ""))
-        return tensors if keep_vars else {name: t.data.copy() for name, t in tensors.items()}
+        return tensors if keep_vars else {name: _backend.to_host(t.data).copy() for name, t in tensors.items()}
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> IncompatibleKeys:
         """Copy the values of `state_dict` (arrays or Tensors; PyTorch tensors work through NumPy)
@@ -218,8 +220,25 @@ class Module:
         expected = {name: (t.shape, t.dtype) for name, t in targets.items()}
         arrays, incompatible = check_state_dict(type(self).__name__, state_dict, expected, strict=strict)
         for name, array in arrays.items():
-            targets[name].data[...] = array
+            target = targets[name].data
+            target[...] = _backend.array_module(target).asarray(array)  # to the GPU when the module is there
         return incompatible
+
+    def to(self, device: str) -> Module:
+        """Move every parameter and buffer (and gradient) to `device`, in place; returns self.
+
+        "cpu": NumPy arrays; "cuda": CuPy arrays on the current GPU (see minidiff.backend.array_module for
+        training there). The Parameters stay the same objects, but create the optimizer after moving: its state
+        is made where the parameters are at its first step.
+        """
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device: expected 'cpu' or 'cuda', got {device!r}")
+        move = _backend.to_host if device == "cpu" else _backend.cupy_module().asarray
+        for t in (*self.parameters(), *self.buffers()):
+            t.data = move(t.data)
+            if t.grad is not None:
+                t.grad = move(t.grad)
+        return self
 
     # -- modes and gradients --------------------------------------------------------------------------
     def train(self, mode: bool = True) -> Module:
@@ -256,7 +275,7 @@ class Module:
 def _buffer(name: str, value: Any) -> Tensor | None:
     if value is None:
         return None
-    if not isinstance(value, Tensor | np.ndarray):
+    if not isinstance(value, Tensor | np.ndarray) and not _backend.is_device_array(value):
         raise TypeError(f"{name}: a buffer is a Tensor, an array or None, got {type(value).__name__}")
     if isinstance(value, Tensor) and value.requires_grad:
         raise ValueError(f"{name}: a buffer is not trained; pass a tensor without requires_grad (a Parameter?)")

@@ -27,6 +27,7 @@ import numpy as np
 
 from minidiff import functional as F
 from minidiff.autodiff.tensor import Tensor
+from minidiff.backend import to_host
 from minidiff.exercise_tools import exercise
 from minidiff.nn.attention import CrossAttention, SelfAttention2d
 from minidiff.nn.embedding import Embedding, SinusoidalTimestepEmbedding, TimestepEmbedding, batch_timesteps
@@ -312,7 +313,7 @@ class UNet(Module):
         class_labels (B,) ints when num_class_embeds is set; context (B, L, cross_attention_dim) when
         cross_attention_dim is set. Returns (B, out_channels, H, W)."""
         self._check_input(x, context)
-        emb = self.time_embedding(self.time_proj(batch_timesteps(t, x.shape[0])))  # (B, 4 C0)
+        emb = self.time_embedding(self.time_proj(batch_timesteps(t, x.shape[0]), like=x))  # (B, 4 C0)
         if self.class_embedding is not None:
             emb = emb + self.class_embedding(self._class_labels(class_labels, x.shape[0]))
         elif class_labels is not None:
@@ -341,7 +342,7 @@ class UNet(Module):
                              f"got {type(context).__name__}")
 
     def _class_labels(self, class_labels: Any, batch: int) -> np.ndarray:
-        labels = np.asarray(class_labels.data if isinstance(class_labels, Tensor) else class_labels)
+        labels = to_host(class_labels.data if isinstance(class_labels, Tensor) else class_labels)
         n = self.class_embedding.num_embeddings
         if class_labels is None or labels.shape != (batch,) or labels.dtype.kind not in "iu" \
                 or labels.min() < 0 or labels.max() >= n:
