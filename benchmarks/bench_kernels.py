@@ -2,7 +2,8 @@
 1 and 2 threads, one run.
 
     python benchmarks/bench_kernels.py [--threads 1 2] [--repeats 9] [--out benchmarks/results/kernels]
-    CI smoke test (< 20 s): python benchmarks/bench_kernels.py --quick --out /tmp/bench-kernels-smoke
+    python benchmarks/bench_kernels.py --quick --out /tmp/bench-kernels-smoke   # CI smoke test: one tiny size per
+                                                                                  # kernel, one run, seconds
 
 Sections:
   peak   the FMA probe (minidiff._C.fma_peak): chains of independent fused multiply-adds on registers in each
@@ -56,9 +57,9 @@ from minidiff.kernels.gemm import gemm, micro_kernels
 # term is off by 1e-2 or more.
 TOLERANCE = 1e-4
 CONV_SHAPES = ((64, 64, 16), (64, 32, 32))  # (N, C = O, H = W) of the two U-Net levels
-QUICK_CONV_SHAPES = ((4, 16, 8), (4, 8, 16))
+QUICK_CONV_SHAPES = ((4, 8, 8),)  # --quick: one tiny size per kernel
 ATTENTION_SHAPES = ((64, 4, 64, 32), (64, 4, 256, 32))  # (B, heads, L, d): an 8x8 and a 16x16 U-Net level
-QUICK_ATTENTION_SHAPES = ((4, 2, 16, 8), (4, 2, 48, 8))
+QUICK_ATTENTION_SHAPES = ((4, 2, 16, 8),)
 
 
 @dataclass
@@ -131,6 +132,25 @@ def validate(label: str, contenders: dict[str, Callable], expected: tuple[np.nda
 
 def numpy_of(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().numpy()
+
+
+def minidiff_backends() -> list[str]:
+    return [b for b in ("numpy", "cpp") if b in md.available_backends()]
+
+
+def time_against_torch(section: str, case: str, contenders: dict[str, Callable], expected: tuple[np.ndarray, ...],
+                       threads_list: list[int], timing: dict, work: float | None = None) -> list[Row]:
+    """Validate the contenders against `expected`, then time them on each thread count: a row each, its time
+    over torch's and over minidiff-numpy's of the same run; GFLOP/s from `work` (FLOPs; None: memory-bound)."""
+    validate(f"{section} {case}", contenders, expected)
+    rows = []
+    for threads in threads_list:
+        with pinned_threads(threads):
+            medians = interleaved_medians(contenders, **timing)
+        for name, seconds in medians.items():
+            rows.append(Row(section, case, threads, name, seconds, None if work is None else work / seconds / 1e9,
+                            seconds / medians["torch"], seconds / medians["minidiff-numpy"], None))
+    return rows
 
 
 # --- GEMM ----------------------------------------------------------------------------------------------------------
@@ -225,32 +245,26 @@ def torch_conv(inputs: ConvInputs, backward: bool, channels_last: bool = False,
 
 def bench_conv(shapes, threads_list: list[int], timing: dict) -> list[Row]:
     rng = np.random.default_rng(1)
-    backends = [b for b in ("numpy", "cpp") if b in md.available_backends()]
     rows = []
     for n, c, size in shapes:
         inputs = conv_inputs(n, c, size, rng)
         flops = 2.0 * n * c * c * 9 * size * size  # the forward's multiply-adds, twice
         for backward in (False, True):
-            section = "conv forward+backward" if backward else "conv forward"
-            contenders = {f"minidiff-{b}": minidiff_conv(inputs, b, backward) for b in backends}
+            contenders = {f"minidiff-{b}": minidiff_conv(inputs, b, backward) for b in minidiff_backends()}
             contenders["torch"] = torch_conv(inputs, backward)
             contenders["torch-channels_last"] = torch_conv(inputs, backward, channels_last=True)
-            case = f"N={n} C={c} {size}x{size}"
-            validate(f"{section} {case}", contenders, torch_conv(inputs, backward, dtype=torch.float64)())
-            for threads in threads_list:
-                with pinned_threads(threads):
-                    medians = interleaved_medians(contenders, **{**timing, "warmup": 1})
-                work = 3 * flops if backward else flops  # the backward is two products of the forward's size
-                for name, seconds in medians.items():
-                    rows.append(Row(section, case, threads, name, seconds, work / seconds / 1e9,
-                                    seconds / medians["torch"], seconds / medians["minidiff-numpy"], None))
+            rows += time_against_torch("conv forward+backward" if backward else "conv forward",
+                                       f"N={n} C={c} {size}x{size}", contenders,
+                                       torch_conv(inputs, backward, dtype=torch.float64)(), threads_list,
+                                       {**timing, "warmup": 1},
+                                       work=3 * flops if backward else flops)  # the backward: two more products
     return rows
 
 
 # --- group norm -----------------------------------------------------------------------------------------------------
 
 GN_SHAPES = ((64, 64, 16), (64, 32, 32))  # (N, C, H = W) of the two U-Net levels, 32 groups as in the U-Net
-QUICK_GN_SHAPES = ((4, 64, 8), (4, 32, 16))
+QUICK_GN_SHAPES = ((4, 32, 8),)
 GN_GROUPS = 32
 GN_VARIANTS = {  # what the U-Net fuses into the norm: nothing (attention's norm), SiLU (norm1), AdaGN + SiLU (norm2)
     "group norm": dict(activation=None, scale_shift=False),
@@ -321,24 +335,18 @@ def torch_group_norm(inputs: GroupNormInputs, backward: bool, activation: str | 
 
 def bench_group_norm(shapes, threads_list: list[int], timing: dict) -> list[Row]:
     rng = np.random.default_rng(2)
-    backends = [b for b in ("numpy", "cpp") if b in md.available_backends()]
     rows = []
     for n, c, size in shapes:
         inputs = group_norm_inputs(n, c, size, rng)
-        case_shape = f"N={n} C={c} {size}x{size}"
         for variant, options in GN_VARIANTS.items():
             for backward in (False, True):
-                section = f"{variant} {'forward+backward' if backward else 'forward'}"
-                contenders = {f"minidiff-{b}": minidiff_group_norm(inputs, b, backward, **options) for b in backends}
+                contenders = {f"minidiff-{b}": minidiff_group_norm(inputs, b, backward, **options)
+                              for b in minidiff_backends()}
                 contenders["torch"] = torch_group_norm(inputs, backward, **options)
-                validate(f"{section} {case_shape}", contenders,
-                         torch_group_norm(inputs, backward, **options, dtype=torch.float64)())
-                for threads in threads_list:
-                    with pinned_threads(threads):
-                        medians = interleaved_medians(contenders, **timing)
-                    for name, seconds in medians.items():
-                        rows.append(Row(section, case_shape, threads, name, seconds, None, seconds / medians["torch"],
-                                        seconds / medians["minidiff-numpy"], None))
+                rows += time_against_torch(f"{variant} {'forward+backward' if backward else 'forward'}",
+                                           f"N={n} C={c} {size}x{size}", contenders,
+                                           torch_group_norm(inputs, backward, **options, dtype=torch.float64)(),
+                                           threads_list, timing)
     return rows
 
 
@@ -379,22 +387,16 @@ def torch_attention(arrays: tuple[np.ndarray, ...], fused: bool, dtype: torch.dt
 
 def bench_attention(shapes, threads_list: list[int], timing: dict) -> list[Row]:
     rng = np.random.default_rng(2)
-    backends = [b for b in ("numpy", "cpp") if b in md.available_backends()]
     rows = []
     for b, heads, length, d in shapes:
         arrays = tuple(rng.standard_normal((b, heads, length, d)).astype(np.float32) for _ in range(4))
-        contenders = {f"minidiff-{name}": minidiff_attention(arrays, name) for name in backends}
+        contenders = {f"minidiff-{name}": minidiff_attention(arrays, name) for name in minidiff_backends()}
         contenders["torch"] = torch_attention(arrays, fused=True)
         contenders["torch-matmul-softmax"] = torch_attention(arrays, fused=False)
-        case = f"B={b} heads={heads} L={length} d={d}"
-        validate(f"attention {case}", contenders, torch_attention(arrays, fused=True, dtype=torch.float64)())
-        work = 3 * 2.0 * b * heads * length * length * 2 * d  # the forward's two products, the backward's four
-        for threads in threads_list:
-            with pinned_threads(threads):
-                medians = interleaved_medians(contenders, **{**timing, "warmup": 1})
-            for name, seconds in medians.items():
-                rows.append(Row("attention forward+backward", case, threads, name, seconds, work / seconds / 1e9,
-                                seconds / medians["torch"], seconds / medians["minidiff-numpy"], None))
+        rows += time_against_torch("attention forward+backward", f"B={b} heads={heads} L={length} d={d}",
+                                   contenders, torch_attention(arrays, fused=True, dtype=torch.float64)(),
+                                   threads_list, {**timing, "warmup": 1},
+                                   work=3 * 2.0 * b * heads * length * length * 2 * d)  # forward 2 products, back 4
     return rows
 
 
@@ -433,8 +435,9 @@ def main() -> None:
     args = parser.parse_args()
     if "cpp" not in md.available_backends():
         raise SystemExit(f"the C++ extension is unavailable: {md.backend.why_unavailable('cpp')}")
-    # quick: 3 runs, no inner repetition of short calls (the smoke test checks the pipeline, not the speed)
-    timing = dict(repeats=3, min_seconds=0.0) if args.quick else dict(repeats=args.repeats)
+    # quick: one run after one warm-up, no inner repetition of short calls (a smoke test of the pipeline, not of
+    # the speed)
+    timing = dict(repeats=1, warmup=1, min_seconds=0.0) if args.quick else dict(repeats=args.repeats)
     machine = machine_report()
     kernel = micro_kernels()[-1]
     probe = FmaProbe(seconds=0.02 if args.quick else 0.2)
@@ -447,7 +450,7 @@ def main() -> None:
           file=sys.stderr)
     rows = []
     if "gemm" in args.sections:
-        rows += bench_gemm([128, 256] if args.quick else [512, 1024], args.threads, timing, probe, kernel)
+        rows += bench_gemm([128] if args.quick else [512, 1024], args.threads, timing, probe, kernel)
     if "conv" in args.sections:
         rows += bench_conv(QUICK_CONV_SHAPES if args.quick else CONV_SHAPES, args.threads, timing)
     if "gn" in args.sections:

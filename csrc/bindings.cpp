@@ -167,6 +167,48 @@ void expect_shape(const py::array& a, const char* name, std::initializer_list<md
     throw py::value_error(std::string(name) + ": expected shape " + want + "), got " + md::check::shape_str(a));
 }
 
+// An optional array argument: None, or an array of T of the given shape, C-contiguous (and writeable for an output).
+struct Optional {
+  py::object object;
+  const char* name;
+
+  bool present() const { return !object.is_none(); }
+  py::array array() const {
+    if (!py::isinstance<py::array>(object)) throw py::type_error(std::string(name) + ": expected an array or None");
+    return object.cast<py::array>();
+  }
+  template <typename T>
+  const T* data(std::initializer_list<md::index_t> shape) const {
+    if (!present()) return nullptr;
+    const py::array a = array();
+    const T* p = md::check::data<T>(a, name);
+    expect_shape(a, name, shape);
+    return p;
+  }
+  template <typename T>
+  T* mutable_data(std::initializer_list<md::index_t> shape) const {
+    if (!present()) return nullptr;
+    py::array a = array();
+    T* p = md::check::mutable_data<T>(a, name);
+    expect_shape(a, name, shape);
+    return p;
+  }
+};
+
+// No output overlaps an input or another output (None ones skipped).
+void all_disjoint(const std::vector<Optional>& outputs, const std::vector<Optional>& inputs) {
+  for (std::size_t i = 0; i < outputs.size(); ++i) {
+    if (!outputs[i].present()) continue;
+    const py::array out = outputs[i].array();
+    for (const Optional& in : inputs) {
+      if (in.present()) disjoint(out, outputs[i].name, in.array(), in.name);
+    }
+    for (std::size_t j = i + 1; j < outputs.size(); ++j) {
+      if (outputs[j].present()) disjoint(out, outputs[i].name, outputs[j].array(), outputs[j].name);
+    }
+  }
+}
+
 template <typename T>
 void conv2d_forward(const py::array& x, const py::array& weight, py::array& out, Pair stride, Pair padding) {
   using namespace md;
@@ -182,26 +224,19 @@ void conv2d_forward(const py::array& x, const py::array& weight, py::array& out,
   cpu::conv2d_forward<T>(s, px, pw, po, threads);
 }
 
+// grad_x and grad_weight are optional: None is not computed (the first layer's image needs no gradient).
 template <typename T>
-void conv2d_backward(const py::array& grad_out, const py::array& x, const py::array& weight, py::array& grad_x,
-                     py::array& grad_weight, Pair stride, Pair padding) {
+void conv2d_backward(const py::array& grad_out, const py::array& x, const py::array& weight, const Optional& grad_x,
+                     const Optional& grad_weight, Pair stride, Pair padding) {
   using namespace md;
   const T* pg = check::data<T>(grad_out, "grad_out");
   const T* px = check::data<T>(x, "x");
   const T* pw = check::data<T>(weight, "weight");
-  T* pgx = check::mutable_data<T>(grad_x, "grad_x");
-  T* pgw = check::mutable_data<T>(grad_weight, "grad_weight");
   const cpu::Conv2dShape s = conv_shape(x, weight, stride, padding);
   expect_shape(grad_out, "grad_out", {s.n, s.o, s.ho, s.wo});
-  expect_shape(grad_x, "grad_x", {s.n, s.c, s.h, s.w});
-  expect_shape(grad_weight, "grad_weight", {s.o, s.c, s.kh, s.kw});
-  using Named = std::pair<const py::array&, const char*>;
-  for (auto [out, out_name] : {Named{grad_x, "grad_x"}, Named{grad_weight, "grad_weight"}}) {
-    disjoint(out, out_name, grad_out, "grad_out");
-    disjoint(out, out_name, x, "x");
-    disjoint(out, out_name, weight, "weight");
-  }
-  disjoint(grad_x, "grad_x", grad_weight, "grad_weight");
+  T* pgx = grad_x.mutable_data<T>({s.n, s.c, s.h, s.w});
+  T* pgw = grad_weight.mutable_data<T>({s.o, s.c, s.kh, s.kw});
+  all_disjoint({grad_x, grad_weight}, {{grad_out, "grad_out"}, {x, "x"}, {weight, "weight"}});
   const int threads = cpu::num_threads();
   py::gil_scoped_release release;
   cpu::conv2d_backward<T>(s, pg, px, pw, pgx, pgw, threads);
@@ -248,18 +283,6 @@ md::cpu::AttentionMask attention_mask(const py::object& mask, const py::object& 
   return {static_cast<const std::uint8_t*>(m.data()), pi};
 }
 
-// Every output disjoint from every input (None inputs skipped) and from the other outputs.
-void outputs_disjoint(const std::vector<std::pair<py::array, const char*>>& outputs,
-                      const std::vector<std::pair<py::object, const char*>>& inputs) {
-  for (std::size_t o = 0; o < outputs.size(); ++o) {
-    for (const auto& [in, in_name] : inputs) {
-      if (!in.is_none()) disjoint(outputs[o].first, outputs[o].second, in.cast<py::array>(), in_name);
-    }
-    for (std::size_t other = o + 1; other < outputs.size(); ++other)
-      disjoint(outputs[o].first, outputs[o].second, outputs[other].first, outputs[other].second);
-  }
-}
-
 template <typename T>
 void attention_forward(const py::array& q, const py::array& k, const py::array& v, const py::object& mask,
                        const py::object& mask_index, double scale, py::array& out, py::array& lse) {
@@ -273,7 +296,7 @@ void attention_forward(const py::array& q, const py::array& k, const py::array& 
   expect_shape(out, "out", {s.batch, s.lq, s.dv});
   expect_shape(lse, "lse", {s.batch, s.lq});
   const cpu::AttentionMask pm = attention_mask(mask, mask_index, s);
-  outputs_disjoint({{out, "out"}, {lse, "lse"}}, {{q, "q"}, {k, "k"}, {v, "v"}, {mask, "mask"}});
+  all_disjoint({{out, "out"}, {lse, "lse"}}, {{q, "q"}, {k, "k"}, {v, "v"}, {mask, "mask"}});
   const int threads = cpu::num_threads();
   py::gil_scoped_release release;
   cpu::attention_forward<T>(s, pq, pk, pv, pm, T(scale), po, pl, threads);
@@ -301,9 +324,9 @@ void attention_backward(const py::array& grad_out, const py::array& q, const py:
   check::same_shape(grad_k, "grad_k", k, "k");
   check::same_shape(grad_v, "grad_v", v, "v");
   const cpu::AttentionMask pm = attention_mask(mask, mask_index, s);
-  outputs_disjoint({{grad_q, "grad_q"}, {grad_k, "grad_k"}, {grad_v, "grad_v"}},
-                   {{grad_out, "grad_out"}, {q, "q"}, {k, "k"}, {v, "v"}, {mask, "mask"}, {out, "out"},
-                    {lse, "lse"}});
+  all_disjoint({{grad_q, "grad_q"}, {grad_k, "grad_k"}, {grad_v, "grad_v"}},
+               {{grad_out, "grad_out"}, {q, "q"}, {k, "k"}, {v, "v"}, {mask, "mask"}, {out, "out"},
+                {lse, "lse"}});
   const int threads = cpu::num_threads();
   py::gil_scoped_release release;
   cpu::attention_backward<T>(s, pg, pq, pk, pv, pm, po, pl, T(scale), pgq, pgk, pgv, threads);
@@ -337,7 +360,7 @@ void softmax_backward(const py::array& grad_y, const py::array& y, py::array& gr
   const auto [rows, n] = rows_of(y, "y");
   check::same_shape(grad_y, "grad_y", y, "y");
   check::same_shape(grad_x, "grad_x", y, "y");
-  outputs_disjoint({{grad_x, "grad_x"}}, {{grad_y, "grad_y"}, {y, "y"}});
+  all_disjoint({{grad_x, "grad_x"}}, {{grad_y, "grad_y"}, {y, "y"}});
   const int threads = y.size() >= cpu::kParallelGrain ? cpu::num_threads() : 1;
   py::gil_scoped_release release;
   cpu::softmax_backward<T>(pg, p_y, pgx, rows, n, log_softmax, threads);
@@ -362,48 +385,6 @@ md::Activation activation_of(const std::string& name) {
   if (name == "identity") return md::Activation::identity;
   if (name == "silu") return md::Activation::silu;
   throw py::value_error("activation: expected 'identity' or 'silu', got '" + name + "'");
-}
-
-// An optional array argument: None, or an array of T of the given shape, C-contiguous (and writeable for an output).
-struct Optional {
-  py::object object;
-  const char* name;
-
-  bool present() const { return !object.is_none(); }
-  py::array array() const {
-    if (!py::isinstance<py::array>(object)) throw py::type_error(std::string(name) + ": expected an array or None");
-    return object.cast<py::array>();
-  }
-  template <typename T>
-  const T* data(std::initializer_list<md::index_t> shape) const {
-    if (!present()) return nullptr;
-    const py::array a = array();
-    const T* p = md::check::data<T>(a, name);
-    expect_shape(a, name, shape);
-    return p;
-  }
-  template <typename T>
-  T* mutable_data(std::initializer_list<md::index_t> shape) const {
-    if (!present()) return nullptr;
-    py::array a = array();
-    T* p = md::check::mutable_data<T>(a, name);
-    expect_shape(a, name, shape);
-    return p;
-  }
-};
-
-// No output overlaps an input or another output (present ones only).
-void all_disjoint(const std::vector<Optional>& outputs, const std::vector<Optional>& inputs) {
-  for (std::size_t i = 0; i < outputs.size(); ++i) {
-    if (!outputs[i].present()) continue;
-    const py::array out = outputs[i].array();
-    for (const Optional& in : inputs) {
-      if (in.present()) disjoint(out, outputs[i].name, in.array(), in.name);
-    }
-    for (std::size_t j = i + 1; j < outputs.size(); ++j) {
-      if (outputs[j].present()) disjoint(out, outputs[i].name, outputs[j].array(), outputs[j].name);
-    }
-  }
 }
 
 template <typename T>
@@ -569,14 +550,16 @@ PYBIND11_MODULE(_C, m) {
       "out (N, O, HO, WO) = x (N, C, H, W) (*) weight (O, C, KH, KW); see conv2d.h.");
   m.def(
       "conv2d_backward",
-      [](const py::array& grad_out, const py::array& x, const py::array& weight, py::array& grad_x,
-         py::array& grad_weight, Pair stride, Pair padding) {
+      [](const py::array& grad_out, const py::array& x, const py::array& weight, const py::object& grad_x,
+         const py::object& grad_weight, Pair stride, Pair padding) {
         md::check::dispatch_float(x, "x", [&](auto tag) {
-          conv2d_backward<decltype(tag)>(grad_out, x, weight, grad_x, grad_weight, stride, padding);
+          conv2d_backward<decltype(tag)>(grad_out, x, weight, {grad_x, "grad_x"}, {grad_weight, "grad_weight"},
+                                         stride, padding);
         });
       },
       py::arg("grad_out"), py::arg("x"), py::arg("weight"), py::arg("grad_x"), py::arg("grad_weight"),
-      py::arg("stride"), py::arg("padding"), "grad_x and grad_weight of conv2d_forward from grad_out.");
+      py::arg("stride"), py::arg("padding"),
+      "grad_x and grad_weight of conv2d_forward from grad_out (either None: not computed).");
 
   m.def(
       "attention_forward",

@@ -183,7 +183,8 @@ class Conv2d(Function):
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> tuple[Any, ...]:
         x, weight, stride, padding = ctx.saved
-        grad_x, grad_weight = _conv2d.conv2d_backward(grad, x, weight, stride, padding)
+        grad_x, grad_weight = _conv2d.conv2d_backward(grad, x, weight, stride, padding,
+                                                      needs_input_grad=ctx.needs_input_grad[:2])
         grad_bias = grad.sum(axis=(0, 2, 3)) if ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias
 

@@ -243,7 +243,7 @@ with md.no_grad():
         used = ", ".join(str(s.shape) for s in skips[-len(blk.resnets):][::-1])
         h = blk(h, temb, None, skips)
         print(f"{f'up_blocks.{i}':<26}{h.shape!s:<18}used skips {used}")
-    h = unet.conv_out(unet.conv_norm_out(h, activation="silu"))  # the norm and conv_act's SiLU in one kernel call
+    h = unet.conv_out(unet.conv_norm_out(h, activation="silu"))  # the norm and its SiLU in one kernel call
     print(f"{'conv_out':<26}{h.shape!s:<18}")
     assert not skips  # every skip pushed was used once
     assert np.array_equal(h.data, unet(x, t_in).data)  # the walk is the forward pass

@@ -12,7 +12,8 @@ import pytest
 from backends import require_backend
 from hypothesis import given
 from hypothesis import strategies as st
-from op_cases import Case, check_against_torch, check_gradcheck
+from kernel_checks import assert_clear_error, autodiff_tests, bad_calls, ones, same_on_every_thread_count
+from op_cases import Case
 from strategies import float_dtypes, in_layout, layouts
 from tolerances import Tol, assert_close
 
@@ -172,20 +173,14 @@ def test_result_does_not_depend_on_the_thread_count(batch, lq, lk, d, dv):
     v, grad_out = rng.standard_normal(batch + (lk, dv)), rng.standard_normal(batch + (lq, dv))
     q, k, v, grad_out = (a.astype(np.float32) for a in (q, k, v, grad_out))
     mask = rng.random((lq, lk)) < 0.8
-    results = {}
-    before = md.get_num_threads()
-    try:
-        for threads in (1, 2, 3):
-            md.set_num_threads(threads)
-            result, grads = run("cpp", q, k, v, mask, 0.3, grad_out)
-            results[threads] = (result.out, result.lse, *grads)
-    finally:
-        md.set_num_threads(before)
-    for threads in (2, 3):
-        for name, got, ref in zip(NAMES, results[threads], results[1], strict=True):
-            np.testing.assert_array_equal(got, ref, err_msg=f"{name}, {threads} threads")
+
+    def compute():
+        result, grads = run("cpp", q, k, v, mask, 0.3, grad_out)
+        return result.out, result.lse, *grads
+
+    one_thread = same_on_every_thread_count(compute, NAMES)
     expected, scales = twin_and_scale(q, k, v, mask, 0.3, grad_out)
-    for name, got, e, s in zip(NAMES, results[1], expected, scales, strict=True):
+    for name, got, e, s in zip(NAMES, one_thread, expected, scales, strict=True):
         assert_close_with_specials(got, e, s, np.float32, f"{name}:")
 
 
@@ -270,8 +265,8 @@ def test_softmax_cpp_equals_the_twin(inputs, layout):
 @pytest.mark.parametrize(("dtype", "lowest"), [(np.float32, -87.0), (np.float64, -708.0)])
 def test_the_kernels_exponential_is_accurate_to_a_few_ulp(dtype, lowest):
     """softmax([0, t])_2 = e^t / (1 + e^t) over the whole range where e^t is a normal number: the C++ kernels'
-    own exp (csrc/cpu/vec_exp.h, a polynomial) is within an ulp, so the quotient is within a few. A polynomial one
-    degree short is off by hundreds of ulp near |r| = ln 2 / 2."""
+    own exp (csrc/include/minidiff/vec_exp.h, a polynomial; group norm's SiLU uses it too) is within an ulp, so the
+    quotient is within a few. A polynomial one degree short is off by hundreds of ulp near |r| = ln 2 / 2."""
     require_backend("cpp")
     t = np.linspace(lowest, 0.0, 20_001).astype(dtype)
     rows = np.stack([np.zeros_like(t), t], axis=1)
@@ -287,19 +282,13 @@ def test_softmax_result_does_not_depend_on_the_thread_count():
     require_backend("cpp")
     rng = np.random.default_rng(4)
     x, grad = rng.standard_normal((300, 517)).astype(np.float32), rng.standard_normal((300, 517)).astype(np.float32)
-    results = {}
-    before = md.get_num_threads()
-    try:
-        for threads in (1, 2, 3):
-            md.set_num_threads(threads)
-            with md.use_backend("cpp"):
-                s, log_s = sm.softmax(x, 0), sm.log_softmax(x, 1)
-                results[threads] = (s, log_s, sm.softmax_backward(grad, s, 0), sm.log_softmax_backward(grad, log_s, 1))
-    finally:
-        md.set_num_threads(before)
-    for threads in (2, 3):
-        for name, got, ref in zip(SOFTMAX_NAMES, results[threads], results[1], strict=True):
-            np.testing.assert_array_equal(got, ref, err_msg=f"{name}, {threads} threads")
+
+    def compute():
+        with md.use_backend("cpp"):
+            s, log_s = sm.softmax(x, 0), sm.log_softmax(x, 1)
+            return s, log_s, sm.softmax_backward(grad, s, 0), sm.log_softmax_backward(grad, log_s, 1)
+
+    same_on_every_thread_count(compute, SOFTMAX_NAMES)
 
 
 # --- the autodiff on the cpp backend ------------------------------------------------------------------------------
@@ -339,22 +328,9 @@ def softmax_cases(draw):
 CPP_CASES = st.one_of(functional_cases(), softmax_cases())
 
 
-@pytest.mark.torch
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@given(named_case=CPP_CASES)
-def test_cpp_path_matches_pytorch_autograd(named_case, dtype):
-    """[E45] attention against torch.nn.functional.scaled_dot_product_attention, softmax and log_softmax against
-    torch's, forward and backward."""
-    require_backend("cpp")
-    with md.use_backend("cpp"):
-        check_against_torch(named_case, dtype)
-
-
-@given(named_case=CPP_CASES)
-def test_cpp_path_passes_gradcheck(named_case):
-    require_backend("cpp")
-    with md.use_backend("cpp"):
-        check_gradcheck(named_case)
+# [E45] attention against torch.nn.functional.scaled_dot_product_attention, softmax and log_softmax against torch's,
+# forward and backward; and gradcheck
+test_cpp_path_matches_pytorch_autograd, test_cpp_path_passes_gradcheck = autodiff_tests(CPP_CASES, "cpp")
 
 
 @pytest.mark.torch
@@ -377,10 +353,6 @@ def test_a_query_with_no_key_gets_nan_as_pytorchs_matmul_softmax():
 
 
 # --- bad input -----------------------------------------------------------------------------------------------------
-
-
-def ones(*shape, dtype=np.float32):
-    return np.ones(shape, dtype)
 
 
 def bad_attention_calls():
@@ -406,12 +378,9 @@ def bad_attention_calls():
 
 
 @pytest.mark.parametrize("backend", ["numpy", "cpp"])
-@pytest.mark.parametrize(("args", "error", "message"), [pytest.param(*c[1:], id=c[0]) for c in bad_attention_calls()])
+@pytest.mark.parametrize(("args", "error", "message"), bad_calls(bad_attention_calls()))
 def test_bad_attention_input_gets_a_clear_error(backend, args, error, message):
-    require_backend(backend)
-    call = attention_backward if len(args) == 7 else attention_forward
-    with md.use_backend(backend), pytest.raises(error, match=message):
-        call(*args)
+    assert_clear_error(backend, attention_backward if len(args) == 7 else attention_forward, args, error, message)
 
 
 def test_functional_attention_without_features_needs_a_scale():
@@ -432,12 +401,9 @@ def bad_softmax_calls():
 
 
 @pytest.mark.parametrize("backend", ["numpy", "cpp"])
-@pytest.mark.parametrize(("args", "error", "message"), [pytest.param(*c[1:], id=c[0]) for c in bad_softmax_calls()])
+@pytest.mark.parametrize(("args", "error", "message"), bad_calls(bad_softmax_calls()))
 def test_bad_softmax_input_gets_a_clear_error(backend, args, error, message):
-    require_backend(backend)
-    fn, *rest = args
-    with md.use_backend(backend), pytest.raises(error, match=message):
-        fn(*rest)
+    assert_clear_error(backend, args[0], args[1:], error, message)
 
 
 def test_cpp_boundary_rechecks_what_it_relies_on():

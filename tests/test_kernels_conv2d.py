@@ -9,14 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from backends import require_backend
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
-from op_cases import Case, check_against_torch, check_gradcheck
+from kernel_checks import assert_clear_error, autodiff_tests, bad_calls, ones, same_on_every_thread_count
+from op_cases import Case
 from strategies import float_dtypes, in_layout, layouts
 from tolerances import assert_close
 
 import minidiff as md
 import minidiff.functional as F
+from minidiff.autodiff import Tensor
 from minidiff.kernels.conv2d import (
     CUDA_VERSIONS,
     conv2d_backward,
@@ -132,20 +134,69 @@ def test_result_does_not_depend_on_the_thread_count(x_shape, w_shape, stride, pa
     rng = np.random.default_rng(0)
     x, weight = rng.standard_normal(x_shape).astype(np.float32), rng.standard_normal(w_shape).astype(np.float32)
     grad_out = rng.standard_normal(conv2d_forward_ref(x, weight, stride, padding).shape).astype(np.float32)
-    results = {}
-    before = md.get_num_threads()
-    try:
-        for threads in (1, 2, 3):
-            md.set_num_threads(threads)
-            results[threads] = run("cpp", x, weight, grad_out, stride, padding)
-    finally:
-        md.set_num_threads(before)
-    for threads in (2, 3):
-        for name, got, ref in zip(NAMES, results[threads], results[1], strict=True):
-            np.testing.assert_array_equal(got, ref, err_msg=f"{name}, {threads} threads")
+    one_thread = same_on_every_thread_count(lambda: run("cpp", x, weight, grad_out, stride, padding), NAMES)
     expected, scale = twin_and_scale(x, weight, grad_out, stride, padding)
-    for name, got, e, s in zip(NAMES, results[1], expected, scale, strict=True):
+    for name, got, e, s in zip(NAMES, one_thread, expected, scale, strict=True):
         assert_close(got, e, scale=s, what=f"{name}:")
+
+
+# One of each way the C++ backward goes through its GEMMs (conv2d.cpp), and a small case for every backend
+SKIP_SHAPES = {
+    "shifted": ((5, 16, 40, 40), (6, 16, 3, 3), (1, 1), (1, 1)),
+    "im2col chunks": ((2, 32, 48, 48), (16, 32, 3, 3), (1, 1), (0, 0)),
+    "pointwise": ((3, 64, 24, 24), (48, 64, 1, 1), (1, 1), (0, 0)),
+    "images side by side": ((20, 16, 28, 28), (8, 16, 3, 3), (1, 1), (1, 1)),
+    "small": ((3, 4, 7, 6), (5, 4, 3, 2), (2, 1), (1, 0)),
+}
+SKIP_CASES = [("cpp", name) for name in SKIP_SHAPES] + [(b, "small") for b in ("numpy", "cuda-emu")]
+
+
+@pytest.mark.parametrize(("backend", "shape"), SKIP_CASES)
+@pytest.mark.parametrize("needs", [(False, True), (True, False), (False, False)])
+def test_backward_computes_only_the_gradients_asked_for(backend, shape, needs):
+    """needs_input_grad=(False, True), a first layer (the image needs no gradient): grad_x comes back None, and
+    grad_weight is bit for bit the full backward's; the other way round for a frozen weight."""
+    require_backend(backend)
+    x_shape, w_shape, stride, padding = SKIP_SHAPES[shape]
+    rng = np.random.default_rng(5)
+    x, weight = rng.standard_normal(x_shape).astype(np.float32), rng.standard_normal(w_shape).astype(np.float32)
+    grad_out = rng.standard_normal(conv2d_forward_ref(x, weight, stride, padding).shape).astype(np.float32)
+    with md.use_backend(backend):
+        full = conv2d_backward(grad_out, x, weight, stride, padding)
+        part = conv2d_backward(grad_out, x, weight, stride, padding, needs_input_grad=needs)
+    for name, wanted, got, ref in zip(NAMES[1:], needs, part, full, strict=True):
+        if wanted:
+            np.testing.assert_array_equal(got, ref, err_msg=f"{name} alone")
+        else:
+            assert got is None, f"{name}: not asked for, yet computed"
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpp"])
+def test_the_autodiff_asks_only_for_the_gradients_it_needs(backend, monkeypatch):
+    """F.conv2d on an image without requires_grad: its backward asks the kernel for grad_weight only, and the
+    weight's and bias's gradients are those of the image with requires_grad."""
+    require_backend(backend)
+    import minidiff.kernels.conv2d as conv_module
+
+    asked = []
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("needs_input_grad"))
+        return conv2d_backward(*args, **kwargs)
+
+    monkeypatch.setattr(conv_module, "conv2d_backward", spy)
+    rng = np.random.default_rng(6)
+    image, w, b = rng.standard_normal((2, 3, 8, 8)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
+    grads = []
+    with md.use_backend(backend):
+        for image_needs_grad in (False, True):
+            x, weight, bias = Tensor(image, requires_grad=image_needs_grad), Tensor(w, True), Tensor(b, True)
+            F.conv2d(x, weight, bias, padding=1).sum().backward()
+            grads.append((x.grad, weight.grad, bias.grad))
+    assert asked == [(False, True), (True, True)]
+    assert grads[0][0] is None and grads[1][0] is not None
+    for name, got, ref in zip(("grad_weight", "grad_bias"), grads[0][1:], grads[1][1:], strict=True):
+        np.testing.assert_array_equal(got, ref, err_msg=name)
 
 
 @st.composite
@@ -162,44 +213,13 @@ def functional_cases(draw):
                           lambda t, x, wt, b: t.nn.functional.conv2d(x, wt, b, stride=stride, padding=padding))
 
 
-@pytest.mark.torch
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@given(named_case=functional_cases())
-def test_cpp_path_matches_pytorch_autograd(named_case, dtype):
-    require_backend("cpp")
-    with md.use_backend("cpp"):
-        check_against_torch(named_case, dtype)
-
-
-@given(named_case=functional_cases())
-def test_cpp_path_passes_gradcheck(named_case):
-    require_backend("cpp")
-    with md.use_backend("cpp"):
-        check_gradcheck(named_case)
-
-
-@pytest.mark.torch
-@settings(max_examples=20)
-@given(named_case=functional_cases())
-def test_cuda_emu_path_matches_pytorch_autograd(named_case):
-    require_backend("cuda-emu")
-    with md.use_backend("cuda-emu"):
-        check_against_torch(named_case, np.float64)
-
-
-@settings(max_examples=10)  # each example runs the emulated kernels a few hundred times
-@given(named_case=functional_cases())
-def test_cuda_emu_path_passes_gradcheck(named_case):
-    require_backend("cuda-emu")
-    with md.use_backend("cuda-emu"):
-        check_gradcheck(named_case)
+test_cpp_path_matches_pytorch_autograd, test_cpp_path_passes_gradcheck = autodiff_tests(functional_cases(), "cpp")
+# gradcheck's examples run the emulated kernels a few hundred times each
+test_cuda_emu_path_matches_pytorch_autograd, test_cuda_emu_path_passes_gradcheck = autodiff_tests(
+    functional_cases(), "cuda-emu", dtypes=(np.float64,), max_examples=(20, 10))
 
 
 # --- bad input -----------------------------------------------------------------------------------------------------
-
-
-def ones(*shape, dtype=np.float32):
-    return np.ones(shape, dtype)
 
 
 def bad_cases():
@@ -223,12 +243,9 @@ def bad_cases():
 
 
 @pytest.mark.parametrize("backend", ["numpy", "cpp"])
-@pytest.mark.parametrize(("args", "error", "message"), [pytest.param(*c[1:], id=c[0]) for c in bad_cases()])
+@pytest.mark.parametrize(("args", "error", "message"), bad_calls(bad_cases()))
 def test_bad_input_gets_a_clear_error(backend, args, error, message):
-    require_backend(backend)
-    call = conv2d_backward if len(args) == 5 else conv2d_forward
-    with md.use_backend(backend), pytest.raises(error, match=message):
-        call(*args)
+    assert_clear_error(backend, conv2d_backward if len(args) == 5 else conv2d_forward, args, error, message)
 
 
 def test_versions_belong_to_the_cuda_kernels():
@@ -317,3 +334,8 @@ def test_cpp_boundary_rechecks_what_it_relies_on():
     both = np.empty(150 + 108)
     with pytest.raises(ValueError, match="grad_x: overlaps grad_weight"):
         C.conv2d_backward(g, x, w, both[:150].reshape(2, 3, 5, 5), both[100:208].reshape(4, 3, 3, 3), (1, 1), (0, 0))
+    with pytest.raises(TypeError, match="grad_x: expected an array or None"):
+        C.conv2d_backward(g, x, w, [0.0], gw, (1, 1), (0, 0))
+    with pytest.raises(ValueError, match=r"grad_weight: expected shape \(4, 3, 3, 3\)"):
+        C.conv2d_backward(g, x, w, None, gw[:2], (1, 1), (0, 0))
+    C.conv2d_backward(g, x, w, None, None, (1, 1), (0, 0))  # nothing asked for: nothing computed

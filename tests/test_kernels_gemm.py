@@ -10,6 +10,7 @@ import pytest
 from backends import require_backend
 from hypothesis import given
 from hypothesis import strategies as st
+from kernel_checks import assert_clear_error, bad_calls, same_on_every_thread_count
 from strategies import float_dtypes, in_layout, layouts
 from tolerances import assert_close
 
@@ -163,17 +164,7 @@ def test_result_does_not_depend_on_the_thread_count(version):
     rng = np.random.default_rng(2)
     problems = [(rng.standard_normal((67, 301)).astype(np.float32), rng.standard_normal((301, 517)).astype(np.float32)),
                 (rng.standard_normal((517, 301)), rng.standard_normal((301, 67)))]
-    results = {}
-    before = md.get_num_threads()
-    try:
-        for threads in (1, 2, 3):
-            md.set_num_threads(threads)
-            results[threads] = [gemm(a, b, version=version) for a, b in problems]
-    finally:
-        md.set_num_threads(before)
-    for threads in (2, 3):
-        for got, ref in zip(results[threads], results[1], strict=True):
-            np.testing.assert_array_equal(got, ref)
+    same_on_every_thread_count(lambda: [gemm(a, b, version=version) for a, b in problems], ("wide", "tall"))
 
 
 @pytest.mark.parametrize(("version", "micro_kernel"), VARIANTS)
@@ -242,13 +233,11 @@ def bad_cases():
 
 
 @pytest.mark.parametrize("backend", ["numpy", "cpp", "cuda-emu"])
-@pytest.mark.parametrize(("args", "kwargs", "error", "message"), [pytest.param(*c[1:], id=c[0]) for c in bad_cases()])
+@pytest.mark.parametrize(("args", "kwargs", "error", "message"), bad_calls(bad_cases()))
 def test_bad_input_gets_a_clear_error(backend, args, kwargs, error, message):
-    require_backend(backend)
     if backend == "numpy" and "micro_kernel" in kwargs:
         require_backend("cpp")  # naming a micro-kernel asks for the C++ versions
-    with md.use_backend(backend), pytest.raises(error, match=message):
-        gemm(*args, **kwargs)
+    assert_clear_error(backend, gemm, args, error, message, kwargs)
 
 
 def test_emulated_launch_rechecks_what_the_kernels_rely_on():

@@ -14,7 +14,8 @@ import pytest
 from backends import require_backend
 from hypothesis import given
 from hypothesis import strategies as st
-from op_cases import Case, check_against_torch, check_gradcheck
+from kernel_checks import assert_clear_error, autodiff_tests, bad_calls, same_on_every_thread_count
+from op_cases import Case
 from strategies import float_dtypes, in_layout, layouts
 from tolerances import Tol, assert_close
 
@@ -97,11 +98,11 @@ def group_mean(a, num_groups):
     return np.broadcast_to(rows.sum(axis=1, keepdims=True) / max(rows.shape[1], 1), rows.shape).reshape(a.shape)
 
 
-def rounding_scales(p, mean, rstd, centred=True):
+def rounding_scales(p, mean, rstd):
     """Per output, the magnitudes its rounding error is proportional to: each sum with its terms' absolute values.
-    centred: x - mean is computed with one rounding relative to itself (the C++ kernel: statistics in double,
-    the mean split in two floats); otherwise (the float32 twin) also with the rounding of |x| and |mean|. SiLU's
-    derivative is at most 1.1 in magnitude, its second derivative at most 0.5 (how z's rounding moves dz)."""
+    x - mean is computed with one rounding relative to itself (both paths take the statistics in float64; the C++
+    kernel splits the mean in two floats), not with the rounding of |x| and |mean|. SiLU's derivative is at most 1.1
+    in magnitude, its second derivative at most 0.5 (how z's rounding moves dz)."""
     x, g = p["x"].astype(np.float64), p["num_groups"]
     n, c = x.shape[:2]
     per_channel, per_sample = (1, c, *(1,) * (x.ndim - 2)), (n, c, *(1,) * (x.ndim - 2))
@@ -113,8 +114,6 @@ def rounding_scales(p, mean, rstd, centred=True):
     gain, shift = 1 + magnitude("scale", 0.0, per_sample), magnitude("shift", 0.0, per_sample)
     rows, mean_rows, rstd_rows = group_rows(x, g), mean.reshape(-1, 1), rstd.reshape(-1, 1)
     x_hat = np.abs(rows - mean_rows) * rstd_rows
-    if not centred:
-        x_hat = x_hat + (np.abs(rows) + np.abs(mean_rows)) * rstd_rows
     x_hat, r = x_hat.reshape(x.shape), np.broadcast_to(rstd_rows, rows.shape).reshape(x.shape)
     u = x_hat * w + b
     z = u * gain + shift
@@ -126,11 +125,10 @@ def rounding_scales(p, mean, rstd, centred=True):
             "grad_scale": (dz * u).sum(axis=spatial), "grad_shift": dz.sum(axis=spatial)}
 
 
-def assert_matches_twin(got, p, what="", centred=True):
-    """got = run(...) against the float64 twin on the same inputs, each output to its rounding scale (see
-    rounding_scales for `centred`)."""
+def assert_matches_twin(got, p, what=""):
+    """got = run(...) against the float64 twin on the same inputs, each output to its rounding scale."""
     expected = twin64(p)
-    scales = rounding_scales(p, expected[1], expected[2], centred)
+    scales = rounding_scales(p, expected[1], expected[2])
     dtype = p["x"].dtype
     for name, g, e in zip(("y", *GRADS), (got[0], *got[3:]), (expected[0], *expected[3:]), strict=True):
         if e is None:
@@ -154,8 +152,8 @@ def test_cpp_equals_the_twin(p, layout):
 
 @given(p=problems())
 def test_numpy_path_is_the_twin(p):
-    """The dispatch on "numpy" runs the twin itself, in x's dtype (float32 statistics: x - mean rounds with |x|)."""
-    assert_matches_twin(run("numpy", p), p, centred=False)
+    """The dispatch on "numpy" runs the twin itself, in x's dtype but for the statistics and x_hat (float64)."""
+    assert_matches_twin(run("numpy", p), p)
 
 
 EDGE_SHAPES = {
@@ -187,18 +185,7 @@ def test_result_does_not_depend_on_the_thread_count(x_shape, groups):
     """Bit for bit on 1, 2 and 3 threads (grad_weight and grad_bias add the samples' terms in sample order)."""
     require_backend("cpp")
     p = make_problem(np.random.default_rng(1), np.float32, x_shape, groups)
-    before = md.get_num_threads()
-    results = {}
-    try:
-        for threads in (1, 2, 3):
-            md.set_num_threads(threads)
-            results[threads] = run("cpp", p)
-    finally:
-        md.set_num_threads(before)
-    for threads in (2, 3):
-        for name, got, ref in zip(("y", "mean", "rstd", *GRADS), results[threads], results[1], strict=True):
-            np.testing.assert_array_equal(got, ref, err_msg=f"{name}, {threads} threads")
-    assert_matches_twin(results[1], p)
+    assert_matches_twin(same_on_every_thread_count(lambda: run("cpp", p), ("y", "mean", "rstd", *GRADS)), p)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -224,14 +211,15 @@ def test_constant_groups_normalize_to_zero_with_finite_gradients(dtype):
     assert_close(grad_x, expected, dtype=dtype, scale=2 * np.abs(g).max() / math.sqrt(p["eps"]), what="grad_x:")
 
 
-def test_float32_statistics_stay_accurate_at_large_offsets():
-    """Groups of mean 1e4 and std 1, float32: the statistics in double (two passes, then the mean split in two
-    floats for x - mean) leave y and grad_x within float32 rounding of the float64 result. A float32 mean alone
-    would shift every x_hat by up to half an ulp of 1e4 (5e-4), a float32 one-pass variance would lose all its
-    digits."""
-    require_backend("cpp")
+@pytest.mark.parametrize("backend", ["numpy", "cpp"])
+def test_float32_statistics_stay_accurate_at_large_offsets(backend):
+    """Groups of mean 1e4 and std 1, float32: the statistics in double (the C++ kernel: two passes, then the mean
+    split in two floats for x - mean; the twin: x in float64) leave y and grad_x within float32 rounding of the
+    float64 result. A float32 mean alone would shift every x_hat by up to half an ulp of 1e4 (5e-4), a float32
+    one-pass variance would lose all its digits."""
+    require_backend(backend)
     p = make_problem(np.random.default_rng(3), np.float32, (4, 8, 16, 16), 4, offset=1e4)
-    got = run("cpp", p)
+    got = run(backend, p)
     x = p["x"].astype(np.float64).reshape(16, -1)
     exact_mean = np.array([math.fsum(row) / row.size for row in x])
     exact_var = np.array([math.fsum((row - m) ** 2) / row.size for row, m in zip(x, exact_mean, strict=True)])
@@ -309,21 +297,8 @@ def functional_cases(draw):
     return f"group_norm {x_shape} G={groups} {present} {activation}", Case(tuple(p[k] for k in names), ours, theirs)
 
 
-@pytest.mark.torch
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@given(named_case=functional_cases())
-def test_cpp_path_matches_pytorch_autograd(named_case, dtype):
-    require_backend("cpp")
-    with md.use_backend("cpp"):
-        check_against_torch(named_case, dtype)
-
-
-@given(named_case=functional_cases())
-def test_cpp_path_passes_gradcheck(named_case):
-    """float64 central differences for every input, scale and shift included."""
-    require_backend("cpp")
-    with md.use_backend("cpp"):
-        check_gradcheck(named_case)
+# gradcheck: float64 central differences for every input, scale and shift included
+test_cpp_path_matches_pytorch_autograd, test_cpp_path_passes_gradcheck = autodiff_tests(functional_cases(), "cpp")
 
 
 # --- bad input -----------------------------------------------------------------------------------------------------
@@ -348,27 +323,24 @@ def bad_forward_cases():
 
 
 @pytest.mark.parametrize("backend", ["numpy", "cpp"])
-@pytest.mark.parametrize(("args", "error", "message"), [pytest.param(*c[1:], id=c[0]) for c in bad_forward_cases()])
+@pytest.mark.parametrize(("args", "error", "message"), bad_calls(bad_forward_cases()))
 def test_bad_input_gets_a_clear_error(backend, args, error, message):
-    require_backend(backend)
-    with md.use_backend(backend), pytest.raises(error, match=message):
-        group_norm_forward(*args)
+    assert_clear_error(backend, group_norm_forward, args, error, message)
+
+
+def bad_backward_cases():
+    x, stats = np.ones((2, 6, 3), np.float32), np.zeros((2, 3))
+    yield "grad_y shape", (x[:, :, :2], x, stats, stats, 3), ValueError, r"grad_y: expected shape \(2, 6, 3\)"
+    yield "grad_y dtype", (x.astype(np.float64), x, stats, stats, 3), TypeError, "grad_y: expected dtype float32"
+    yield "mean shape", (x, x, np.zeros((2, 2)), stats, 3), ValueError, r"mean: expected shape \(2, 3\) \(N, G\)"
+    yield "rstd shape", (x, x, stats, np.zeros(6), 3), ValueError, r"rstd: expected shape \(2, 3\)"
+    yield "int rstd", (x, x, stats, stats.astype(np.int64), 3), TypeError, "rstd: expected dtype float32 or float64"
 
 
 @pytest.mark.parametrize("backend", ["numpy", "cpp"])
-def test_bad_backward_input_gets_a_clear_error(backend):
-    require_backend(backend)
-    x, stats = np.ones((2, 6, 3), np.float32), np.zeros((2, 3))
-    cases = [
-        ((x[:, :, :2], x, stats, stats, 3), ValueError, r"grad_y: expected shape \(2, 6, 3\)"),
-        ((x.astype(np.float64), x, stats, stats, 3), TypeError, "grad_y: expected dtype float32"),
-        ((x, x, np.zeros((2, 2)), stats, 3), ValueError, r"mean: expected shape \(2, 3\) \(N, G\)"),
-        ((x, x, stats, np.zeros(6), 3), ValueError, r"rstd: expected shape \(2, 3\)"),
-        ((x, x, stats, stats.astype(np.int64), 3), TypeError, "rstd: expected dtype float32 or float64"),
-    ]
-    for args, error, message in cases:
-        with md.use_backend(backend), pytest.raises(error, match=message):
-            group_norm_backward(*args)
+@pytest.mark.parametrize(("args", "error", "message"), bad_calls(bad_backward_cases()))
+def test_bad_backward_input_gets_a_clear_error(backend, args, error, message):
+    assert_clear_error(backend, group_norm_backward, args, error, message)
 
 
 def test_functional_op_names_the_bad_argument():

@@ -4,12 +4,14 @@ against the twin, and bad input at the Python and C++ boundaries."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
 from backends import COMPILED, require_backend
 from hypothesis import given
 from hypothesis import strategies as st
+from kernel_checks import assert_clear_error, bad_calls
 from strategies import float_arrays, float_dtypes, in_layout, layouts, shapes, step_coefs
 from tolerances import assert_close
 
@@ -201,12 +203,9 @@ def bad_cases():
 
 
 @pytest.mark.parametrize("backend", ALL_BACKENDS)
-@pytest.mark.parametrize(("args", "kwargs", "error", "message"),
-                         [pytest.param(*c[1:], id=c[0]) for c in bad_cases()])
+@pytest.mark.parametrize(("args", "kwargs", "error", "message"), bad_calls(bad_cases()))
 def test_bad_input_gets_a_clear_error(backend, args, kwargs, error, message):
-    require_backend(backend)
-    with md.use_backend(backend), pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
-        sampler_step(*args, **kwargs)
+    assert_clear_error(backend, sampler_step, args, error, re.escape(message), kwargs)
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [

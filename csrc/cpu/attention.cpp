@@ -28,8 +28,8 @@
 #include "cpu/gemm_kernels.h"
 #include "cpu/parallel.h"
 #include "cpu/tile_gemm.h"
-#include "cpu/vec_exp.h"
 #include "minidiff/online_softmax.h"
+#include "minidiff/vec_exp.h"
 
 namespace md::cpu {
 

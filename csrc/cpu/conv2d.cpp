@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -245,23 +246,12 @@ void col2im_add(const Conv2dShape& s, T* cols, index_t y0, index_t y1, index_t l
   }
 }
 
-template <typename T>
-AlignedBuffer<T>& cols_buffer() {
-  thread_local AlignedBuffer<T> buffer;
-  return buffer;
-}
-template <typename T>
-AlignedBuffer<T>& grad_cols_buffer() {
-  thread_local AlignedBuffer<T> buffer;
-  return buffer;
-}
-template <typename T>
-AlignedBuffer<T>& gathered_buffer() {
-  thread_local AlignedBuffer<T> buffer;
-  return buffer;
-}
-template <typename T>
-AlignedBuffer<T>& partials_buffer() {
+// Each thread's scratch buffers, reused from call to call, one per role (two roles never share one): im2col's
+// columns, their gradient, images gathered side by side, grad_weight's partial sums, the shifted copies of an image.
+enum class Scratch { cols, grad_cols, gathered, partials, shifted };
+
+template <typename T, Scratch role>
+AlignedBuffer<T>& scratch() {
   thread_local AlignedBuffer<T> buffer;
   return buffer;
 }
@@ -284,11 +274,6 @@ bool uses_shifted_rows(const Conv2dShape& s, index_t images_per_block) {
 }
 
 template <typename T>
-AlignedBuffer<T>& shifted_buffer() {
-  thread_local AlignedBuffer<T> buffer;
-  return buffer;
-}
-template <typename T>
 std::vector<const T*>& row_table_buffer() {
   thread_local std::vector<const T*> table;
   return table;
@@ -300,7 +285,7 @@ template <typename T>
 RowTable<T> shifted_rows(const Conv2dShape& s, const T* image, index_t channels) {
   const index_t guard = s.pw;  // zeros before and after each channel: the first and last taps reach pw past it
   const index_t plane = s.h * s.w, top = guard + s.ph * s.w, channel_size = (s.h + 2 * s.ph) * s.w + 2 * guard;
-  T* copies = shifted_buffer<T>().get(s.kw * channels * channel_size);
+  T* copies = scratch<T, Scratch::shifted>().get(s.kw * channels * channel_size);
   for (index_t j = 0; j < s.kw; ++j) {
     const index_t dj = j - s.pw;
     const index_t hidden_lo = dj < 0 ? s.w + dj : 0, hidden_hi = dj < 0 ? s.w : dj;  // columns zeroed
@@ -401,7 +386,7 @@ void forward_image(const Conv2dShape& s, const T* image, const PackedA<T>& weigh
     return;
   }
   const RowChunks chunks = row_chunks(s);
-  T* cols = cols_buffer<T>().get(ckk * chunks.rows * s.wo);
+  T* cols = scratch<T, Scratch::cols>().get(ckk * chunks.rows * s.wo);
   for (index_t y0 = 0; y0 < s.ho; y0 += chunks.rows) {
     const index_t y1 = std::min(s.ho, y0 + chunks.rows), q = (y1 - y0) * s.wo;
     im2col(s, image, y0, y1, cols, q);
@@ -418,8 +403,8 @@ void forward_block(const Conv2dShape& s, const T* x, index_t i0, index_t i1, con
   if (i1 - i0 == 1) {
     return forward_image(s, x + i0 * s.c * s.h * s.w, weight, out + i0 * s.o * positions, shifted, threads);
   }
-  T* cols = cols_buffer<T>().get(ckk * width);
-  T* out_block = gathered_buffer<T>().get(s.o * width);
+  T* cols = scratch<T, Scratch::cols>().get(ckk * width);
+  T* out_block = scratch<T, Scratch::gathered>().get(s.o * width);
   for (index_t i = i0; i < i1; ++i)
     im2col(s, x + i * s.c * s.h * s.w, 0, s.ho, cols + (i - i0) * positions, width);
   gemm(weight, width, T(1), row_major<T>(cols, width), T(0), OutMatrix<T>{out_block, width}, threads);
@@ -436,36 +421,45 @@ void forward_block(const Conv2dShape& s, const T* x, index_t i0, index_t i1, con
 //   grad_x_n = col2im(W^T grad_out_n), or W' (*) grad_out_n on the shifted path   (overwritten)
 // with W^T or W' packed once for all images (backward_weight). The weight's gradient is summed transposed: so
 // the large operand, cols, is GEMM's A, packed from contiguous rows, and the small one, grad_out's O rows, is B.
+// A null image_grad (then grad_x_weight too) or grad_weight_t: that gradient is not computed.
 template <typename T>
-void backward_image(const Conv2dShape& s, const T* grad_out, const T* image, const PackedA<T>& grad_x_weight,
+void backward_image(const Conv2dShape& s, const T* grad_out, const T* image, const PackedA<T>* grad_x_weight,
                     T* image_grad, T* grad_weight_t, T beta, bool shifted, int threads) {
   const index_t ckk = s.c * s.kh * s.kw, positions = s.ho * s.wo;
-  if (shifted) {
-    gemm(ckk, s.o, positions, T(1), shifted_rows(s, image, s.c), row_major(grad_out, positions, true), beta,
-         OutMatrix<T>{grad_weight_t, s.o}, threads);
-    gemm(grad_x_weight, positions, T(1), shifted_rows(s, grad_out, s.o), T(0), OutMatrix<T>{image_grad, positions},
-         threads);
-    return;
-  }
-  if (is_pointwise(s)) {
-    gemm<T>(false, true, ckk, s.o, positions, T(1), image, positions, grad_out, positions, beta, grad_weight_t, s.o,
-            threads);
-    gemm(grad_x_weight, positions, T(1), row_major(grad_out, positions), T(0), OutMatrix<T>{image_grad, positions},
-         threads);
+  if (shifted || is_pointwise(s)) {
+    if (grad_weight_t && shifted) {
+      gemm(ckk, s.o, positions, T(1), shifted_rows(s, image, s.c), row_major(grad_out, positions, true), beta,
+           OutMatrix<T>{grad_weight_t, s.o}, threads);
+    } else if (grad_weight_t) {
+      gemm<T>(false, true, ckk, s.o, positions, T(1), image, positions, grad_out, positions, beta, grad_weight_t,
+              s.o, threads);
+    }
+    if (image_grad && shifted) {
+      gemm(*grad_x_weight, positions, T(1), shifted_rows(s, grad_out, s.o), T(0),
+           OutMatrix<T>{image_grad, positions}, threads);
+    } else if (image_grad) {
+      gemm(*grad_x_weight, positions, T(1), row_major(grad_out, positions), T(0),
+           OutMatrix<T>{image_grad, positions}, threads);
+    }
     return;
   }
   const RowChunks chunks = row_chunks(s);
-  T* cols = cols_buffer<T>().get(ckk * chunks.rows * s.wo);
-  T* grad_cols = grad_cols_buffer<T>().get(ckk * chunks.rows * s.wo);
-  std::fill(image_grad, image_grad + s.c * s.h * s.w, T(0));
+  T* cols = grad_weight_t ? scratch<T, Scratch::cols>().get(ckk * chunks.rows * s.wo) : nullptr;
+  T* grad_cols = image_grad ? scratch<T, Scratch::grad_cols>().get(ckk * chunks.rows * s.wo) : nullptr;
+  if (image_grad) std::fill(image_grad, image_grad + s.c * s.h * s.w, T(0));
   for (index_t y0 = 0; y0 < s.ho; y0 += chunks.rows) {
     const index_t y1 = std::min(s.ho, y0 + chunks.rows), q = (y1 - y0) * s.wo;
     const T* grad_out_chunk = grad_out + y0 * s.wo;  // (O x q), leading dimension HO WO
-    im2col(s, image, y0, y1, cols, q);
-    gemm<T>(false, true, ckk, s.o, q, T(1), cols, q, grad_out_chunk, positions, beta, grad_weight_t, s.o, threads);
-    beta = T(1);
-    gemm(grad_x_weight, q, T(1), row_major(grad_out_chunk, positions), T(0), OutMatrix<T>{grad_cols, q}, threads);
-    col2im_add(s, grad_cols, y0, y1, q, image_grad);
+    if (grad_weight_t) {
+      im2col(s, image, y0, y1, cols, q);
+      gemm<T>(false, true, ckk, s.o, q, T(1), cols, q, grad_out_chunk, positions, beta, grad_weight_t, s.o, threads);
+      beta = T(1);
+    }
+    if (image_grad) {
+      gemm(*grad_x_weight, q, T(1), row_major(grad_out_chunk, positions), T(0), OutMatrix<T>{grad_cols, q},
+           threads);
+      col2im_add(s, grad_cols, y0, y1, q, image_grad);
+    }
   }
 }
 
@@ -473,28 +467,33 @@ void backward_image(const Conv2dShape& s, const T* grad_out, const T* image, con
 // for grad_weight^T, one for the block's grad_cols, and col2im image by image.
 template <typename T>
 void backward_block(const Conv2dShape& s, const T* grad_out, const T* x, index_t i0, index_t i1,
-                    const PackedA<T>& grad_x_weight, T* grad_x, T* grad_weight_t, T beta, bool shifted, int threads) {
+                    const PackedA<T>* grad_x_weight, T* grad_x, T* grad_weight_t, T beta, bool shifted, int threads) {
   const index_t ckk = s.c * s.kh * s.kw, positions = s.ho * s.wo, width = (i1 - i0) * positions;
   const index_t image_in = s.c * s.h * s.w;
   if (i1 - i0 == 1) {
     return backward_image(s, grad_out + i0 * s.o * positions, x + i0 * image_in, grad_x_weight,
-                          grad_x + i0 * image_in, grad_weight_t, beta, shifted, threads);
+                          grad_x ? grad_x + i0 * image_in : nullptr, grad_weight_t, beta, shifted, threads);
   }
-  T* cols = cols_buffer<T>().get(ckk * width);
-  T* grad_cols = grad_cols_buffer<T>().get(ckk * width);
-  T* grad_block = gathered_buffer<T>().get(s.o * width);
+  T* grad_block = scratch<T, Scratch::gathered>().get(s.o * width);
   for (index_t i = i0; i < i1; ++i) {
-    im2col(s, x + i * image_in, 0, s.ho, cols + (i - i0) * positions, width);
     for (index_t o = 0; o < s.o; ++o) {
       const T* src = grad_out + (i * s.o + o) * positions;
       std::copy(src, src + positions, grad_block + o * width + (i - i0) * positions);
     }
   }
-  gemm<T>(false, true, ckk, s.o, width, T(1), cols, width, grad_block, width, beta, grad_weight_t, s.o, threads);
-  gemm(grad_x_weight, width, T(1), row_major<T>(grad_block, width), T(0), OutMatrix<T>{grad_cols, width}, threads);
-  std::fill(grad_x + i0 * image_in, grad_x + i1 * image_in, T(0));
-  for (index_t i = i0; i < i1; ++i)
-    col2im_add(s, grad_cols + (i - i0) * positions, 0, s.ho, width, grad_x + i * image_in);
+  if (grad_weight_t) {
+    T* cols = scratch<T, Scratch::cols>().get(ckk * width);
+    for (index_t i = i0; i < i1; ++i) im2col(s, x + i * image_in, 0, s.ho, cols + (i - i0) * positions, width);
+    gemm<T>(false, true, ckk, s.o, width, T(1), cols, width, grad_block, width, beta, grad_weight_t, s.o, threads);
+  }
+  if (grad_x) {
+    T* grad_cols = scratch<T, Scratch::grad_cols>().get(ckk * width);
+    gemm(*grad_x_weight, width, T(1), row_major<T>(grad_block, width), T(0), OutMatrix<T>{grad_cols, width},
+         threads);
+    std::fill(grad_x + i0 * image_in, grad_x + i1 * image_in, T(0));
+    for (index_t i = i0; i < i1; ++i)
+      col2im_add(s, grad_cols + (i - i0) * positions, 0, s.ho, width, grad_x + i * image_in);
+  }
 }
 
 }  // namespace
@@ -515,23 +514,24 @@ template <typename T>
 void conv2d_backward(const Conv2dShape& s, const T* grad_out, const T* x, const T* weight, T* grad_x,
                      T* grad_weight, int threads) {
   const index_t ckk = s.c * s.kh * s.kw, weight_size = s.o * ckk;
-  if (s.n == 0) {
-    std::fill(grad_weight, grad_weight + weight_size, T(0));
-    return;
-  }
+  if (grad_weight && s.n == 0) std::fill(grad_weight, grad_weight + weight_size, T(0));
+  if (s.n == 0 || (!grad_x && !grad_weight)) return;
   const ImageBlocks blocks = image_blocks(s, sizeof(T));
   const bool shifted = uses_shifted_rows(s, blocks.images);
-  const PackedA<T> grad_x_weight = backward_weight(s, weight, shifted);
-  T* partials = partials_buffer<T>().get(blocks.groups * weight_size);  // each (C KH KW x O), transposed
+  std::optional<PackedA<T>> grad_x_weight;
+  if (grad_x) grad_x_weight.emplace(backward_weight(s, weight, shifted));
+  // grad_weight's partial sums, each (C KH KW x O), transposed
+  T* partials = grad_weight ? scratch<T, Scratch::partials>().get(blocks.groups * weight_size) : nullptr;
   const ThreadSplit split = split_threads(s, threads, blocks.groups);
   parallel_for(split.outer, blocks.groups, [&](index_t g) {
     const index_t first = g * s.n / blocks.groups, last = (g + 1) * s.n / blocks.groups;
     for_each_block(first, last, blocks.images, [&](index_t i0, index_t i1) {
       const T beta = i0 == first ? T(0) : T(1);  // the group's first block overwrites its partial
-      backward_block(s, grad_out, x, i0, i1, grad_x_weight, grad_x, partials + g * weight_size, beta, shifted,
-                     split.inner);
+      backward_block(s, grad_out, x, i0, i1, grad_x ? &*grad_x_weight : nullptr, grad_x,
+                     partials ? partials + g * weight_size : nullptr, beta, shifted, split.inner);
     });
   });
+  if (!grad_weight) return;
   // grad_weight[o][r] = sum over groups, in group order, of partial[r][o].
   const int add_threads =
       std::min(split.outer * split.inner, useful_threads(threads, double(blocks.groups) * weight_size));

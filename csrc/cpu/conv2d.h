@@ -30,7 +30,9 @@ template <typename T>
 void conv2d_forward(const Conv2dShape& s, const T* x, const T* weight, T* out, int threads);
 
 // grad_x (N, C, H, W) and grad_weight (O, C, KH, KW) from grad_out (N, O, HO, WO); both outputs overwritten.
-// The result does not depend on `threads` (bit for bit): grad_weight sums images in fixed groups.
+// Either may be nullptr: that gradient is not computed (a first layer's input, a frozen weight), and the other
+// comes out the same. The result does not depend on `threads` (bit for bit): grad_weight sums images in fixed
+// groups.
 template <typename T>
 void conv2d_backward(const Conv2dShape& s, const T* grad_out, const T* x, const T* weight, T* grad_x,
                      T* grad_weight, int threads);

@@ -7,8 +7,8 @@
 
 #include "cpu/parallel.h"
 #include "cpu/runtime.h"
-#include "cpu/vec_exp.h"
 #include "minidiff/online_softmax.h"
+#include "minidiff/vec_exp.h"
 
 namespace md::cpu {
 

@@ -72,12 +72,17 @@ def conv2d_forward_ref(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int
 
 
 def conv2d_backward_ref(grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray, stride: tuple[int, int],
-                        padding: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """grad_out (N, O, HO, WO) -> (grad_x (N, C, H, W), grad_weight (O, C, KH, KW))."""
-    cols = windows(x, weight.shape[2:], stride, padding)  # (N, C, HO, WO, KH, KW)
-    grad_weight = np.tensordot(grad_out, cols, axes=([0, 2, 3], [0, 2, 3]))  # (O, C, KH, KW)
-    grad_cols = np.tensordot(grad_out, weight, axes=([1], [0]))  # (N, HO, WO, C, KH, KW)
-    grad_x = scatter_windows(grad_cols.transpose(0, 3, 1, 2, 4, 5), x.shape, stride, padding)
+                        padding: tuple[int, int], needs_input_grad: tuple[bool, bool] = (True, True)
+                        ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """grad_out (N, O, HO, WO) -> (grad_x (N, C, H, W), grad_weight (O, C, KH, KW)); each None, not computed, where
+    needs_input_grad (for x, weight) says False."""
+    grad_x = grad_weight = None
+    if needs_input_grad[1]:
+        cols = windows(x, weight.shape[2:], stride, padding)  # (N, C, HO, WO, KH, KW)
+        grad_weight = np.tensordot(grad_out, cols, axes=([0, 2, 3], [0, 2, 3]))  # (O, C, KH, KW)
+    if needs_input_grad[0]:
+        grad_cols = np.tensordot(grad_out, weight, axes=([1], [0]))  # (N, HO, WO, C, KH, KW)
+        grad_x = scatter_windows(grad_cols.transpose(0, 3, 1, 2, 4, 5), x.shape, stride, padding)
     return grad_x, grad_weight
 
 
@@ -140,10 +145,12 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int], p
 
 
 def conv2d_backward(grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray, stride: tuple[int, int],
-                    padding: tuple[int, int], *, version: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                    padding: tuple[int, int], *, version: int | None = None,
+                    needs_input_grad: tuple[bool, bool] = (True, True)) -> tuple[np.ndarray | None, np.ndarray | None]:
     """grad_out (N, O, HO, WO) -> (grad_x (N, C, H, W), grad_weight (O, C, KH, KW)) on the current backend.
 
-    version: as for conv2d_forward.
+    version: as for conv2d_forward. needs_input_grad: which of (grad_x, grad_weight) to compute; the other comes
+    back None (a network's first layer needs no gradient for its input image).
     """
     stride, padding = _check_conv(x, weight, stride, padding)
     if not _checks.is_array(grad_out):
@@ -153,15 +160,17 @@ def conv2d_backward(grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray, str
     if grad_out.shape != _out_shape(x, weight, stride, padding):
         raise ValueError(f"grad_out: expected shape {_out_shape(x, weight, stride, padding)} (the output's), got "
                          f"{grad_out.shape}")
+    needs_x, needs_weight = (bool(n) for n in needs_input_grad)
     version = _cuda_version(version)
     if version is not None:
         xp = _checks.array_module(x)
         grad_x = _launch("grad_x", version, (grad_out, weight), xp.empty(x.shape, x.dtype), x.shape[1], x.shape,
-                         weight.shape, stride, padding)
+                         weight.shape, stride, padding) if needs_x else None
         grad_weight = _launch("grad_weight", version, (grad_out, x), xp.empty(weight.shape, x.dtype),
-                              weight.shape[0], x.shape, weight.shape, stride, padding)
+                              weight.shape[0], x.shape, weight.shape, stride, padding) if needs_weight else None
         return grad_x, grad_weight
-    return implementation({"numpy": conv2d_backward_ref, "cpp": _backward_cpp})(grad_out, x, weight, stride, padding)
+    return implementation({"numpy": conv2d_backward_ref, "cpp": _backward_cpp})(grad_out, x, weight, stride, padding,
+                                                                                 (needs_x, needs_weight))
 
 
 _MAX_BYTES = 2**62  # no array this large can exist; past it sizes would also overflow 64-bit byte offsets
@@ -214,8 +223,10 @@ def _forward_cpp(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int],
 
 
 def _backward_cpp(grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray, stride: tuple[int, int],
-                  padding: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    grad_x, grad_weight = np.empty(x.shape, x.dtype), np.empty(weight.shape, weight.dtype)
+                  padding: tuple[int, int], needs_input_grad: tuple[bool, bool]
+                  ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    grad_x = np.empty(x.shape, x.dtype) if needs_input_grad[0] else None  # None: the kernel skips it
+    grad_weight = np.empty(weight.shape, weight.dtype) if needs_input_grad[1] else None
     _backend.extension().conv2d_backward(_checks.c_contiguous(grad_out), _checks.c_contiguous(x),
                                          _checks.c_contiguous(weight), grad_x, grad_weight, stride, padding)
     return grad_x, grad_weight

@@ -76,13 +76,14 @@ def group_norm_forward_ref(x: np.ndarray, num_groups: int, weight: np.ndarray | 
                            activation: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """[E44] x (N, C, *) -> (y (N, C, *), mean (N, G), rstd (N, G)), y = act((x_hat w + b) (1 + scale) + shift).
 
-    weight, bias (C,); scale, shift (N, C) or (N, C, 1, ...); any may be None. The statistics come back as
-    float64 (here computed in x's dtype)."""
-    x_hat, mean, rstd = normalize_rows_ref(_group_rows(x, num_groups), eps)  # (N G, M), (N G, 1), (N G, 1)
-    z = _scale_shift_ref(_affine_ref(x_hat.reshape(x.shape), weight, bias), scale, shift)  # (N, C, *)
+    weight, bias (C,); scale, shift (N, C) or (N, C, 1, ...); any may be None. The statistics and x_hat are
+    computed in float64 for float32 x too, as the C++ kernel does: at a mean of 1e4, float32 sums would shift
+    every x_hat by up to half an ulp of the mean (5e-4); they come back as float64 (N, G) arrays."""
+    rows = _group_rows(x, num_groups).astype(np.float64, copy=False)  # (N G, M)
+    x_hat, mean, rstd = normalize_rows_ref(rows, eps)  # (N G, M), (N G, 1), (N G, 1), all float64
+    z = _scale_shift_ref(_affine_ref(x_hat.reshape(x.shape).astype(x.dtype), weight, bias), scale, shift)
     stats_shape = (x.shape[0], num_groups)
-    return activation_ref(z, activation), mean.reshape(stats_shape).astype(np.float64), \
-        rstd.reshape(stats_shape).astype(np.float64)
+    return activation_ref(z, activation), mean.reshape(stats_shape), rstd.reshape(stats_shape)
 
 
 def _affine_backward_ref(grad_u: np.ndarray, x_hat: np.ndarray, rstd: np.ndarray, weight: np.ndarray | None,
@@ -100,9 +101,11 @@ def group_norm_backward_ref(grad_y: np.ndarray, x: np.ndarray, mean: np.ndarray,
                             weight: np.ndarray | None, bias: np.ndarray | None, scale: np.ndarray | None = None,
                             shift: np.ndarray | None = None, activation: str | None = None) -> tuple[Any, ...]:
     """grad_y (N, C, *) -> (grad_x (N, C, *), grad_weight (C,), grad_bias (C,), grad_scale, grad_shift), the last
-    two shaped as scale and shift (None where they are). x_hat is recomputed from x and the forward's mean, rstd."""
+    two shaped as scale and shift (None where they are). x_hat is recomputed from x and the forward's mean, rstd,
+    in float64 as in the forward."""
+    rows = _group_rows(x, num_groups).astype(np.float64, copy=False)  # (N G, M)
+    x_hat = ((rows - mean.reshape(-1, 1)) * rstd.reshape(-1, 1)).reshape(x.shape).astype(x.dtype)
     rstd_rows = rstd.reshape(-1, 1).astype(x.dtype)  # (N G, 1)
-    x_hat = ((_group_rows(x, num_groups) - mean.reshape(-1, 1).astype(x.dtype)) * rstd_rows).reshape(x.shape)
     u = _affine_ref(x_hat, weight, bias)  # (N, C, *)
     grad_z = activation_backward_ref(grad_y, _scale_shift_ref(u, scale, shift), activation)
     spatial = tuple(range(2, x.ndim))

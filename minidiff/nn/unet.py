@@ -37,7 +37,6 @@ from minidiff.nn.layers import (
     GroupNorm,
     Linear,
     ModuleList,
-    SiLU,
     _float_dtype,
     _generator,
     _positive_int,
@@ -298,7 +297,6 @@ class UNet(Module):
         )
         self.mid_block = mid_block  # registered after up_blocks, as in diffusers: state dicts list keys alike
         self.conv_norm_out = GroupNorm(norm_num_groups, channels[0], eps=norm_eps, dtype=dtype)
-        self.conv_act = SiLU()  # diffusers' module; forward fuses it into conv_norm_out's kernel call
         self.conv_out = Conv2d(channels[0], out_channels, 3, padding=1, rng=rng, dtype=dtype)
 
     @property
@@ -325,7 +323,7 @@ class UNet(Module):
         h = self.mid_block(h, emb, context)  # (B, C_last, H / 2^(levels-1), W / 2^(levels-1))
         for block in self.up_blocks:
             h = block(h, emb, context, skips)
-        return self.conv_out(self.conv_norm_out(h, activation="silu"))  # conv_out(conv_act(...)): (B, out, H, W)
+        return self.conv_out(self.conv_norm_out(h, activation="silu"))  # conv_out(SiLU(norm(h))): (B, out, H, W)
 
     def _check_input(self, x: Any, context: Any) -> None:
         factor = 2 ** (len(self.config["block_out_channels"]) - 1)

@@ -32,48 +32,25 @@
 #include <math.h>  // exp, expf, sqrt (NVRTC has them built in)
 #endif
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
-#include <stdint.h>
-#include <string.h>
+#include "minidiff/vec_exp.h"  // CPU only: see exp_nonpositive
 #endif
 
 namespace md {
 
 enum class Activation : int { identity = 0, silu = 1 };
 
-// e^v for v <= 0, all that sigmoid needs. float64 and CUDA's float32: the math library's exp. float32 on the CPU:
-// glibc's expf is a call the compiler does not vectorize (it has SIMD versions only under -ffast-math), which made
-// the SiLU epilogue cost five times the rest of the kernel, so here it is in a form that vectorizes: v = n ln 2 + r
-// with n an integer and |r| <= ln(2) / 2, e^v = 2^n e^r, e^r by Cephes' polynomial (about 1 ulp), and 2^n written
-// into a float's exponent bits. Below -87.3 (e^v < the smallest normal float) it returns 0. Its selects (and
-// sigmoid's) become vector blends only where the compiler may evaluate both arms, which a float operation that
-// could raise a floating-point exception forbids by default: CMakeLists.txt compiles the kernels that call it
-// with -fno-trapping-math (nothing in minidiff reads the exception flags).
-MD_HD double exp_nonpositive(double v) { return exp(v); }
+// e^v for v <= 0, all that sigmoid needs. On a GPU: the math library's exp (hardware-assisted). On the CPU:
+// vec_exp (minidiff/vec_exp.h), the exp attention and softmax use, in a form the compiler vectorizes; glibc's exp
+// and expf are calls it vectorizes only under -ffast-math, which made the SiLU epilogue cost five times the rest of
+// the kernel. Its clamp (and sigmoid's selects) become vector blends because CMakeLists.txt compiles the kernels
+// with -fno-trapping-math.
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+MD_HD double exp_nonpositive(double v) { return exp(v); }
 MD_HD float exp_nonpositive(float v) { return expf(v); }
 #else
-inline float exp_nonpositive(float v) {
-  constexpr float kLowest = -87.33654f;  // ln(FLT_MIN)
-  constexpr float kShifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer held in the low bits
-  const float clamped = max(v, kLowest);
-  const float shifted = clamped * 1.44269504088896341f + kShifter;  // v / ln 2, rounded, plus the shifter
-  const float n = shifted - kShifter;
-  const float r = (clamped - n * 0.693359375f) + n * 2.12194440e-4f;  // v - n ln 2, ln 2 in two parts
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;  // e^r
-  int32_t shifted_bits, shifter_bits;
-  memcpy(&shifted_bits, &shifted, sizeof(float));
-  memcpy(&shifter_bits, &kShifter, sizeof(float));
-  // 2^n, an exponent field of n + 127; or 0 (all bits clear) below kLowest.
-  const int32_t two_n_bits = v < kLowest ? 0 : (shifted_bits - shifter_bits + 127) << 23;
-  float two_n;
-  memcpy(&two_n, &two_n_bits, sizeof(float));
-  return p * two_n;
+template <typename T>
+inline T exp_nonpositive(T v) {
+  return vec_exp(v);
 }
 #endif
 

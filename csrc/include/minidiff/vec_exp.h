@@ -1,6 +1,8 @@
 // exp(x) written so that GCC vectorizes a loop calling it: no library call, no branch. std::exp is a call the
 // compiler vectorizes only under -ffast-math (which would also break the infinities softmax relies on), and
-// attention and softmax take one exponential per score.
+// attention and softmax take one exponential per score, group norm's SiLU one per element. The CPU kernels' exp
+// (and cuda-emu's, which runs the CUDA sources as C++); on a GPU the kernels call the math library's, so
+// group_norm.h includes this header only outside nvcc and NVRTC.
 //
 // Cody and Waite's range reduction: with n = round(x / ln 2) and r = x - n ln 2 (|r| <= ln 2 / 2),
 //     exp(x) = 2^n exp(r),
@@ -14,14 +16,15 @@
 // through the clamp and the arithmetic. Measured within 1 ulp of the correctly rounded exp wherever the result
 // is a normal number below 2^(bias + 1/2): for float, x in [-87.3, 88.37], then +inf (the true value overflows
 // from 88.72 on); below, the result is 0 or a subnormal (a softmax term 1e-38 times its row's largest is gone
-// anyway). Softmax only ever asks for x <= 0.
+// anyway). Softmax and sigmoid only ever ask for x <= 0.
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
-namespace md::cpu {
+#include "minidiff/common.h"
+
+namespace md {
 
 template <typename T>
 struct ExpTraits;
@@ -80,7 +83,7 @@ template <typename T>
 inline T vec_exp(T x) {
   using E = ExpTraits<T>;
   using Bits = typename E::Bits;  // unsigned: the integer arithmetic wraps (n < 0, and NaN's garbage) as defined
-  const T xc = std::min(std::max(x, E::x_lo), E::x_hi);  // std::max(NaN, lo) is NaN: NaN goes through
+  const T xc = clamp(x, E::x_lo, E::x_hi);  // NaN goes through
   constexpr T shifter = T(1.5) * T(Bits(1) << E::mantissa_bits);
   const T t = xc * T(1.4426950408889634) + shifter;  // x / ln 2, rounded to the nearest integer in t's last bits
   const T n = t - shifter;
@@ -90,4 +93,4 @@ inline T vec_exp(T x) {
   return taylor_exp(r) * two_n;
 }
 
-}  // namespace md::cpu
+}  // namespace md
