@@ -127,6 +127,24 @@ def test_attention_emulated_launch_rechecks_what_the_kernels_rely_on():
     with pytest.raises(TypeError, match="float64"):
         forward(q=q.astype(np.float32))
     forward(index=(0, 7), has_mask=0)  # without a mask, the mask arguments are not read
+    args = (q, q, q, mask, np.zeros(2, np.int64), 1, 1.0, out, lse, *sizes)
+    with pytest.raises(ValueError, match="shared_mem: attention_forward_v2_kernel needs 2048 bytes"):
+        emu.attention_forward_v2_kernel((1,), (128,), *args, shared_mem=2047)
+    with pytest.raises(ValueError, match=r"block: attention_forward_v2_kernel needs \(128,\)"):
+        emu.attention_forward_v2_kernel((1,), (64,), *args, shared_mem=2048)
+
+
+def test_attention_version_2_needs_its_key_block_in_shared_memory():
+    """Version 2 stages 32 keys and values in 48 KiB: with D + Dv = 200 float64 numbers they do not fit, so asking
+    for it is an error and the default is version 1."""
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.standard_normal(shape) for shape in ((2, 100), (3, 100), (3, 100)))
+    with md.use_backend("cuda-emu"):
+        with pytest.raises(ValueError, match="version: 2 stages 32 keys and values"):
+            attention_forward(q, k, v, None, 0.1, version=2)
+        out = attention_forward(q, k, v, None, 0.1).out
+    expected, scales = twin_and_scale(q, k, v, None, 0.1, np.zeros((2, 100)))
+    assert_close_with_specials(out, expected[0], scales[0], np.float64, "out:")
 
 
 def test_attention_versions_belong_to_the_cuda_kernels():

@@ -13,13 +13,17 @@
 //       launch): query-major (a warp per query row i, lanes over keys: dQ_i = scale sum_j dS_ij K_j) and key-major
 //       (a warp per key row j, lanes over queries: dV_j = sum_i P_ij dO_i, dK_j = scale sum_i dS_ij Q_i). Each
 //       recomputes P_ij and dS_ij (Attention::score_grad); the price of owning is computing dS twice.
+//   v2  the forward flash style: a block per tile of kTileRows query rows (still a warp per row), each block of 32
+//       keys and their values staged in shared memory once for the whole tile, so K and V are read from global
+//       memory once per tile rather than once per row. Its backward is v1's.
 //
 // Arguments: q (B, Lq, D), k (B, Lk, D), v (B, Lk, Dv), C-contiguous; mask (M, Lq, Lk) bytes (nonzero = may attend)
 // with mask_index (B,) int64, the matrix of each batch element, each in [0, M): both read only when has_mask != 0
 // (else any pointers); scale; then the kernel's own arrays; then the sizes B, Lq, Lk, D, Dv. Semantics as the CPU
 // kernel's: a row with no key to attend to gets out = NaN (0 / 0) and lse = -inf, and NaN gradients wherever P
 // enters; Lk = 0 gives out = 0 (a sum over no keys), lse = -inf.
-// Launch: blocks of (32 w,) threads (whole warps), any 1-d grid: the warps stride over the rows.
+// Launch: blocks of (32 w,) threads (whole warps), any 1-d grid: the warps stride over the rows. v2's forward: blocks
+// of exactly (32 kTileRows,), 32 (D + Dv) sizeof(T) bytes of dynamic shared memory; the blocks stride over the tiles.
 // Compiled by nvcc (sm_80, sm_90), NVRTC (the instances of INSTANCES in minidiff/kernels/_cuda.py), g++ (cuda_emu.h).
 #include "minidiff/device.h"
 #include "minidiff/online_softmax.h"
@@ -36,6 +40,8 @@ namespace {
 using md::index_t;
 using md::cuda::kFullWarp;
 using md::cuda::kWarpSize;
+
+constexpr int kTileRows = 4;  // v2: query rows per block, one per warp
 #if !defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 using std::exp;  // exp(float) in float, as CUDA's overload (the C library's ::exp is double only)
 #endif
@@ -103,26 +109,36 @@ __device__ void zero_columns(T* row, index_t cols) {
   for (index_t c = lane_index(); c < cols; c += kWarpSize) row[c] = T(0);
 }
 
-// The forward of query row `row` = b Lq + i by one warp, over key blocks of 32. keys_of(j0) and values_of(j0) give
-// where the block's K (32 rows of D) and V (32 rows of Dv) are read from.
-template <typename T, class Keys, class Values>
-__device__ void forward_row(const Attention<T>& a, index_t row, Keys keys_of, Values values_of, T* out, T* lse) {
-  const index_t b = row / a.lq, i = row % a.lq;
-  const unsigned int lane = lane_index();
-  T* o = out + row * a.dv;  // the accumulator sum_j exp(s_j - m) v_j, at the end the output
-  md::SoftmaxState<T> state = md::softmax_state_empty<T>();
-  zero_columns(o, a.dv);  // also the output of Lk = 0: a sum over no keys
-  for (index_t j0 = 0; j0 < a.lk; j0 += kWarpSize) {
-    const T s = a.score(b, i, j0 + lane, keys_of(j0) + lane * a.d);
+// The forward of query row `row` = b Lq + i by one warp, a key block of 32 at a time: begin, a step per block
+// (its K, 32 rows of D, and V, 32 rows of Dv, read from global memory in v1, from shared memory in v2), then end.
+template <typename T>
+struct RowForward {
+  const Attention<T>& a;
+  index_t row, b, i;
+  T* o;  // the accumulator sum_j exp(s_j - m) v_j, at the end the output
+  md::SoftmaxState<T> state;
+
+  __device__ RowForward(const Attention<T>& a_, index_t row_, T* out)
+      : a(a_), row(row_), b(row_ / a_.lq), i(row_ % a_.lq), o(out + row_ * a_.dv),
+        state(md::softmax_state_empty<T>()) {}
+
+  __device__ void begin() { zero_columns(o, a.dv); }  // also the output of Lk = 0: a sum over no keys
+
+  __device__ void step(index_t j0, const T* keys, const T* values) {
+    const unsigned int lane = lane_index();
+    const T s = a.score(b, i, j0 + lane, keys + lane * a.d);
     const T m_new = md::max(state.m, md::cuda::warp_max(s));
     const T p = exp(s - md::exp_origin(m_new));  // 0 for a masked key or an idle lane
     scale_columns(o, a.dv, md::rescale_factor(state.m, m_new));
     state = md::merge(state, md::SoftmaxState<T>{m_new, md::cuda::warp_sum(p)});
-    add_weighted_rows(p, md::min<index_t>(kWarpSize, a.lk - j0), values_of(j0), a.dv, o);  // o += P V
+    add_weighted_rows(p, md::min<index_t>(kWarpSize, a.lk - j0), values, a.dv, o);  // o += P V
   }
-  if (a.lk > 0) scale_columns(o, a.dv, T(1) / state.l);  // l = 0 (no key attended): 0 * inf = NaN
-  if (lane == 0) lse[row] = md::log_sum_exp(state);
-}
+
+  __device__ void end(T* lse) {
+    if (a.lk > 0) scale_columns(o, a.dv, T(1) / state.l);  // l = 0 (no key attended): 0 * inf = NaN
+    if (lane_index() == 0) lse[row] = md::log_sum_exp(state);
+  }
+};
 
 __device__ __forceinline__ index_t first_warp() {
   return (index_t(blockIdx.x) * blockDim.x + threadIdx.x) / kWarpSize;
@@ -137,10 +153,11 @@ template <typename T>
 __global__ void attention_forward_v1_kernel(MD_ATTENTION_INPUTS(T), T* out, T* lse, MD_ATTENTION_SIZES) {
   MD_ATTENTION_PROBLEM;
   for (index_t row = first_warp(); row < a.batch * a.lq; row += warp_stride()) {  // the same row in every lane
-    const index_t b = row / a.lq;
-    const auto keys = [&](index_t j0) { return a.k + (b * a.lk + j0) * a.d; };
-    const auto values = [&](index_t j0) { return a.v + (b * a.lk + j0) * a.dv; };
-    forward_row(a, row, keys, values, out, lse);
+    RowForward<T> f(a, row, out);
+    f.begin();
+    for (index_t j0 = 0; j0 < a.lk; j0 += kWarpSize)
+      f.step(j0, a.k + (f.b * a.lk + j0) * a.d, a.v + (f.b * a.lk + j0) * a.dv);
+    f.end(lse);
   }
 }
 
@@ -193,9 +210,43 @@ __global__ void attention_grad_kv_v1_kernel(MD_ATTENTION_INPUTS(T), const T* gra
   }
 }
 
+// --- v2: a block per tile of query rows, each key block staged in shared memory once for all of them ------------
+
+// rows x cols numbers from src (global memory) to dst (shared memory), by the whole block.
+template <typename T>
+__device__ void stage(const T* src, index_t rows, index_t cols, T* dst) {
+  for (index_t e = threadIdx.x; e < rows * cols; e += blockDim.x) dst[e] = src[e];
+}
+
+// Blocks of exactly kTileRows warps, (32 kTileRows,), with 32 (D + Dv) sizeof(T) bytes of dynamic shared memory.
+template <typename T>
+__global__ void __launch_bounds__(kTileRows * kWarpSize)
+attention_forward_v2_kernel(MD_ATTENTION_INPUTS(T), T* out, T* lse, MD_ATTENTION_SIZES) {
+  MD_DYNAMIC_SHARED(T, keys);  // the key block (32, D), then the value block (32, Dv)
+  MD_ATTENTION_PROBLEM;
+  T* values = keys + kWarpSize * a.d;
+  const index_t tiles = (a.lq + kTileRows - 1) / kTileRows;
+  for (index_t tile = blockIdx.x; tile < a.batch * tiles; tile += gridDim.x) {  // the same tile in every thread
+    const index_t b = tile / tiles, i = tile % tiles * kTileRows + threadIdx.x / kWarpSize;
+    const bool has_row = i < a.lq;  // the same in every lane of a warp; a warp without one still stages and waits
+    RowForward<T> f(a, b * a.lq + md::min(i, a.lq - 1), out);
+    if (has_row) f.begin();
+    for (index_t j0 = 0; j0 < a.lk; j0 += kWarpSize) {
+      const index_t keys_here = md::min<index_t>(kWarpSize, a.lk - j0);
+      __syncthreads();  // every warp is done with the previous block
+      stage(a.k + (b * a.lk + j0) * a.d, keys_here, a.d, keys);
+      stage(a.v + (b * a.lk + j0) * a.dv, keys_here, a.dv, values);
+      __syncthreads();
+      if (has_row) f.step(j0, keys, values);
+    }
+    if (has_row) f.end(lse);
+  }
+}
+
 #if defined(__CUDACC__) && !defined(__CUDACC_RTC__)
 #define MD_ATTENTION_INSTANCES(T)                                                                                 \
   template __global__ void attention_forward_v1_kernel<T>(MD_ATTENTION_INPUTS(T), T*, T*, MD_ATTENTION_SIZES);   \
+  template __global__ void attention_forward_v2_kernel<T>(MD_ATTENTION_INPUTS(T), T*, T*, MD_ATTENTION_SIZES);   \
   template __global__ void attention_delta_kernel<T>(const T*, const T*, T*, md::index_t, md::index_t);          \
   template __global__ void attention_grad_q_v1_kernel<T>(MD_ATTENTION_INPUTS(T), const T*, const T*, const T*,   \
                                                          T*, MD_ATTENTION_SIZES);                                \

@@ -101,23 +101,50 @@ Residuals<T> check_residuals(const py::array& grad_out, const py::array& lse, co
           static_cast<const T*>(delta.data())};
 }
 
+template <typename T>
+using ForwardKernel = void (*)(const T*, const T*, const T*, const unsigned char*, const index_t*, int, T, T*, T*,
+                               index_t, index_t, index_t, index_t, index_t);
+
+// attention_forward_v`version`_kernel; version 2 checks its fixed block and its shared memory (32 keys and values).
+void def_forward(py::module_& m, int version, ForwardKernel<float> f32, ForwardKernel<double> f64) {
+  const std::string name = "attention_forward_v" + std::to_string(version) + "_kernel";
+  m.def(
+      name.c_str(),
+      [version, f32, f64, name](MD_ATTENTION_BINDING_ARGS, py::array& out, py::array& lse, MD_ATTENTION_BINDING_SIZES,
+                                std::size_t shared_mem) {
+        with_inputs(name.c_str(), grid, block, q, k, v, mask, mask_index, has_mask, scale, batch, lq, lk, d, dv,
+                    [&](auto tag, const dim3& g, const dim3& b, const auto& in) {
+                      using T = decltype(tag);
+                      const std::size_t needed = version == 2 ? 32 * static_cast<std::size_t>(d + dv) * sizeof(T) : 0;
+                      if (version == 2 && b.x != kTileRows * 32)
+                        throw py::value_error("block: " + name + " needs (" + std::to_string(kTileRows * 32) + ",)");
+                      if (shared_mem < needed)
+                        throw py::value_error("shared_mem: " + name + " needs " + std::to_string(needed) +
+                                              " bytes (32 rows of keys and values), got " + std::to_string(shared_mem));
+                      T* po = check_output<T>(out, "out", {batch, lq, dv});
+                      T* pl = check_output<T>(lse, "lse", {batch, lq});
+                      ForwardKernel<T> kernel;
+                      if constexpr (std::is_same<T, float>::value) {
+                        kernel = f32;
+                      } else {
+                        kernel = f64;
+                      }
+                      py::gil_scoped_release release;
+                      md_emu::launch(g, b, shared_mem, kernel, in.q, in.k, in.v, in.mask, in.mask_index, in.has_mask,
+                                     in.scale, po, pl, batch, lq, lk, d, dv);
+                    });
+      },
+      py::arg("grid"), py::arg("block"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"),
+      py::arg("mask_index"), py::arg("has_mask"), py::arg("scale"), py::arg("out"), py::arg("lse"), py::arg("batch"),
+      py::arg("lq"), py::arg("lk"), py::arg("d"), py::arg("dv"), py::kw_only(), py::arg("shared_mem") = 0,
+      (name + "<T> of csrc/cuda/attention.cu, run on the CPU. T follows q.dtype.").c_str());
+}
+
 }  // namespace
 
 void register_attention(py::module_& m) {
-  m.def(
-      "attention_forward_v1_kernel",
-      [](MD_ATTENTION_BINDING_ARGS, py::array& out, py::array& lse, MD_ATTENTION_BINDING_SIZES) {
-        with_inputs("attention_forward_v1_kernel", grid, block, q, k, v, mask, mask_index, has_mask, scale, batch, lq,
-                    lk, d, dv, [&](auto tag, const dim3& g, const dim3& b, const auto& in) {
-                      using T = decltype(tag);
-                      T* po = check_output<T>(out, "out", {batch, lq, dv});
-                      T* pl = check_output<T>(lse, "lse", {batch, lq});
-                      py::gil_scoped_release release;
-                      md_emu::launch(g, b, attention_forward_v1_kernel<T>, in.q, in.k, in.v, in.mask, in.mask_index,
-                                     in.has_mask, in.scale, po, pl, batch, lq, lk, d, dv);
-                    });
-      },
-      "attention_forward_v1_kernel<T> of csrc/cuda/attention.cu, run on the CPU. T follows q.dtype.");
+  def_forward(m, 1, attention_forward_v1_kernel<float>, attention_forward_v1_kernel<double>);
+  def_forward(m, 2, attention_forward_v2_kernel<float>, attention_forward_v2_kernel<double>);
   m.def(
       "attention_delta_kernel",
       [](const py::tuple& grid, const py::tuple& block, const py::array& grad_out, const py::array& out,

@@ -10,6 +10,9 @@ Two ways to the same numbers:
   numbered versions (`version=`):
       version 1   one warp per row: its lanes over 32 keys at a time, the row's max and sum by warp shuffles; the
                   backward in two passes, query-major (dQ) and key-major (dK, dV), so that no atomics are needed.
+      version 2   the forward flash style: a block per tile of 4 query rows (a warp each), every 32 keys and their
+                  values staged in shared memory once for the tile; the backward is version 1's. The default where
+                  32 (D + Dv) numbers fit in 48 KiB of shared memory, else version 1.
 `attention_forward` returns an AttentionForward with what its backward needs: probs or lse, never both.
 
 A boolean mask marks the (query, key) pairs that may attend (True = keep), as PyTorch's boolean attn_mask. A
@@ -61,7 +64,9 @@ class AttentionForward(NamedTuple):
     lse: np.ndarray | None  # (..., Lq): kept by the C++ kernel instead
 
 
-CUDA_VERSIONS = (1,)
+CUDA_VERSIONS = (1, 2)
+_TILE_ROWS = 4  # kTileRows of csrc/cuda/attention.cu: version 2's query rows per block
+_MAX_SHARED_BYTES = 48 * 1024  # a GPU's dynamic shared memory per block without an opt-in
 
 
 def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None, scale: float, *,
@@ -70,7 +75,12 @@ def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndar
     current backend; leading axes broadcast. version: on "cuda" and "cuda-emu", None (the newest) or one of
     CUDA_VERSIONS; elsewhere None."""
     _check_attention(q, k, v, mask, scale)
-    version = _cuda.pick_version(version, CUDA_VERSIONS)
+    asked, version = version, _cuda.pick_version(version, CUDA_VERSIONS)
+    if version == 2 and _staged_bytes(q, v) > _MAX_SHARED_BYTES:
+        if asked is not None:
+            raise ValueError(f"version: 2 stages 32 keys and values (D + Dv = {q.shape[-1] + v.shape[-1]} numbers "
+                             f"each) in {_MAX_SHARED_BYTES} bytes of shared memory, which they overflow; use version 1")
+        version = 1
     if version is not None:
         return _forward_cuda(q, k, v, mask, float(scale), version)
     return implementation({"numpy": _forward_numpy, "cpp": _forward_cpp})(q, k, v, mask, float(scale))
@@ -91,7 +101,7 @@ def attention_backward(grad_out: np.ndarray, q: np.ndarray, k: np.ndarray, v: np
     if forward.lse is None:
         return attention_backward_ref(grad_out, q, k, v, forward.probs, float(scale))
     if version is not None:
-        return _backward_cuda(grad_out, q, k, v, mask, forward, float(scale), version)
+        return _backward_cuda(grad_out, q, k, v, mask, forward, float(scale))
     return _backward_cpp(grad_out, q, k, v, mask, forward, float(scale))
 
 
@@ -193,6 +203,11 @@ def _warp_per_row_launch(rows: int) -> tuple[tuple[int], tuple[int]]:
     return (min(_cuda.MAX_BLOCKS, max(1, -(-rows // _WARPS_PER_BLOCK))),), (32 * _WARPS_PER_BLOCK,)
 
 
+def _staged_bytes(q: np.ndarray, v: np.ndarray) -> int:
+    """Version 2's dynamic shared memory: 32 rows of keys (D) and of values (Dv)."""
+    return 32 * (q.shape[-1] + v.shape[-1]) * q.itemsize
+
+
 def _cuda_inputs(backend: str, b: _Batched, scale: float) -> tuple:
     """The arguments MD_ATTENTION_INPUTS of csrc/cuda/attention.cu stands for, on the device; without a mask, q
     stands in for the arrays the kernels then never read."""
@@ -216,17 +231,22 @@ def _forward_cuda(q, k, v, mask, scale, version) -> AttentionForward:
     lse = xp.empty(out.shape[:2], q.dtype)  # (B, Lq)
     if lse.size:
         out_dev, lse_dev = _cuda.to_device(backend, out), _cuda.to_device(backend, lse)
-        grid, block = _warp_per_row_launch(lse.size)
+        if version == 1:
+            (grid, block), shared = _warp_per_row_launch(lse.size), 0
+        else:  # a block per tile of query rows
+            tiles = b.q.shape[0] * -(-b.q.shape[1] // _TILE_ROWS)
+            grid, block, shared = (min(tiles, _cuda.MAX_BLOCKS),), (32 * _TILE_ROWS,), _staged_bytes(q, v)
         _cuda.launch(backend, "attention.cu", f"attention_forward_v{version}_kernel<{_cuda.ctype(q.dtype)}>", grid,
-                     block, (*_cuda_inputs(backend, b, scale), out_dev, lse_dev, *_sizes(b)), writes=())
+                     block, (*_cuda_inputs(backend, b, scale), out_dev, lse_dev, *_sizes(b)), writes=(),
+                     shared_mem=shared)
         _cuda.to_host(out_dev, out)
         _cuda.to_host(lse_dev, lse)
     return AttentionForward(out.reshape(b.batch + out.shape[1:]), None, lse.reshape(b.batch + lse.shape[1:]))
 
 
-def _backward_cuda(grad_out, q, k, v, mask, forward: AttentionForward, scale, version):
+def _backward_cuda(grad_out, q, k, v, mask, forward: AttentionForward, scale):
     """D = rowsum(dO * O) first (attention_delta_kernel), then the query-major pass (dQ) and the key-major one
-    (dK, dV)."""
+    (dK, dV): version 1's kernels for either version."""
     backend, xp = _backend.get_backend(), _checks.array_module(q)
     b = _Batched.of(q, k, v, mask)
     grads = [xp.empty(a.shape, a.dtype) for a in (b.q, b.k, b.v)]  # (B, Lq, D), (B, Lk, D), (B, Lk, Dv)
@@ -240,10 +260,10 @@ def _backward_cuda(grad_out, q, k, v, mask, forward: AttentionForward, scale, ve
         _cuda.launch(backend, "attention.cu", f"attention_delta_kernel<{t}>", *_warp_per_row_launch(rows),
                      (grad_out.reshape(rows, dv), out.reshape(rows, dv), delta.reshape(rows), np.int64(rows),
                       np.int64(dv)), writes=())
-        _cuda.launch(backend, "attention.cu", f"attention_grad_q_v{version}_kernel<{t}>", *_warp_per_row_launch(rows),
+        _cuda.launch(backend, "attention.cu", f"attention_grad_q_v1_kernel<{t}>", *_warp_per_row_launch(rows),
                      (*inputs, grad_out, lse, delta, grads_dev[0], *sizes), writes=())
     if b.k.shape[0] * b.k.shape[1]:
-        _cuda.launch(backend, "attention.cu", f"attention_grad_kv_v{version}_kernel<{t}>",
+        _cuda.launch(backend, "attention.cu", f"attention_grad_kv_v1_kernel<{t}>",
                      *_warp_per_row_launch(b.k.shape[0] * b.k.shape[1]),
                      (*inputs, grad_out, lse, delta, grads_dev[1], grads_dev[2], *sizes), writes=())
     for g, g_dev in zip(grads, grads_dev, strict=True):
