@@ -641,6 +641,8 @@ PYBIND11_MODULE(_C, m) {
   md::emu::register_block_reduce(emu);
   md::emu::register_gemm(emu);
   md::emu::register_conv2d(emu);
+  md::emu::register_attention(emu);
+  md::emu::register_group_norm(emu);
   md::emu::register_selftest(emu);
 #endif
 }

@@ -34,9 +34,7 @@ namespace {
 
 template <typename T>
 ChannelParams<T> params_of(const GroupNormParams<T>& p, index_t n, index_t c, index_t channels) {
-  const index_t nc = n * channels + c;
-  return {p.weight ? p.weight[c] : T(1), p.bias ? p.bias[c] : T(0), p.scale ? p.scale[nc] : T(0),
-          p.shift ? p.shift[nc] : T(0)};
+  return channel_params(p.weight, p.bias, p.scale, p.shift, n * channels + c, c);
 }
 
 template <typename T>

@@ -24,19 +24,6 @@ template <typename T>
 using ConvKernel = void (*)(const T*, const T*, T*, index_t, index_t, index_t, index_t, index_t, index_t, index_t,
                             index_t, index_t, index_t, index_t);
 
-// A C-contiguous T array of exactly this shape.
-template <typename T>
-void check_shape(const py::array& a, const char* name, const std::vector<index_t>& shape) {
-  check::data<T>(a, name);
-  bool same = a.ndim() == static_cast<py::ssize_t>(shape.size());
-  for (size_t d = 0; same && d < shape.size(); ++d) same = a.shape(static_cast<py::ssize_t>(d)) == shape[d];
-  if (!same) {
-    std::string want = "(";
-    for (index_t s : shape) want += (want.size() > 1 ? ", " : "") + std::to_string(s);
-    throw py::value_error(std::string(name) + ": expected shape " + want + "), got " + check::shape_str(a));
-  }
-}
-
 // The three kernels of each version share one signature, (in0, in1, out, sizes...); which arrays those are
 // depends on the kernel.
 enum class Role { forward, grad_weight, grad_x };

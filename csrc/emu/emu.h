@@ -10,6 +10,8 @@ void register_sampler_step(pybind11::module_& m);
 void register_block_reduce(pybind11::module_& m);
 void register_gemm(pybind11::module_& m);
 void register_conv2d(pybind11::module_& m);
+void register_attention(pybind11::module_& m);
+void register_group_norm(pybind11::module_& m);
 void register_selftest(pybind11::module_& m);
 
 }  // namespace md::emu

@@ -28,6 +28,10 @@ INSTANCES: dict[str, tuple[str, ...]] = {
     "gemm.cu": _both_types(*(f"gemm_v{v}_kernel" for v in (1, 2, 3, 4))),
     "conv2d.cu": _both_types(*(f"conv2d_{part}_v{v}_kernel" for v in (1, 2)
                                for part in ("forward", "grad_weight", "grad_x"))),
+    "attention.cu": _both_types("attention_forward_v1_kernel", "attention_forward_v2_kernel", "attention_delta_kernel",
+                                "attention_grad_q_v1_kernel", "attention_grad_kv_v1_kernel"),
+    "group_norm.cu": _both_types("group_norm_forward_kernel", "group_norm_backward_kernel",
+                                 "group_norm_param_grad_kernel"),
 }
 
 THREADS_PER_BLOCK = 256
@@ -38,6 +42,22 @@ def launch_config_1d(n: int) -> tuple[tuple[int], tuple[int]]:
     """(grid, block) for a grid-stride elementwise kernel over n elements (n = 0 gives one idle block)."""
     blocks = min(MAX_BLOCKS, max(1, -(-n // THREADS_PER_BLOCK)))
     return (blocks,), (THREADS_PER_BLOCK,)
+
+
+def pick_version(version: object, versions: tuple[int, ...]) -> int | None:
+    """The CUDA version to run on a GPU backend (the newest of `versions` when None), or None on the others,
+    where asking for a version is an error."""
+    backend = _backend.get_backend()
+    if backend not in ("cuda", "cuda-emu"):
+        if version is not None:
+            raise ValueError(f"version: only the CUDA kernels (backends 'cuda', 'cuda-emu') have numbered versions; "
+                             f"the backend is {backend!r}")
+        return None
+    if version is None:
+        return versions[-1]
+    if isinstance(version, bool) or version not in versions:
+        raise ValueError(f"version: expected None or one of {versions}, got {version!r}")
+    return version
 
 
 def ctype(dtype: np.dtype) -> str:

@@ -5,7 +5,14 @@ Two ways to the same numbers:
 - the C++ kernel of the "cpp" backend (csrc/cpu/attention.cpp) works flash-attention style (Dao et al. 2022): it
   walks tiles of queries and keys with an online softmax (Milakov and Gimelshein 2018), never holds an Lq x Lk
   matrix, and keeps of each row of scores s_i only its log-sum-exp lse_i = log sum_j exp(s_ij), from which its
-  backward recomputes P = exp(S - lse) tile by tile.
+  backward recomputes P = exp(S - lse) tile by tile;
+- the CUDA kernels of "cuda" and "cuda-emu" (csrc/cuda/attention.cu) do the same with the same online softmax, in
+  numbered versions (`version=`):
+      version 1   one warp per row: its lanes over 32 keys at a time, the row's max and sum by warp shuffles; the
+                  backward in two passes, query-major (dQ) and key-major (dK, dV), so that no atomics are needed.
+      version 2   the forward flash style: a block per tile of 4 query rows (a warp each), every 32 keys and their
+                  values staged in shared memory once for the tile; the backward is version 1's. The default where
+                  32 (D + Dv) numbers fit in 48 KiB of shared memory, else version 1.
 `attention_forward` returns an AttentionForward with what its backward needs: probs or lse, never both.
 
 A boolean mask marks the (query, key) pairs that may attend (True = keep), as PyTorch's boolean attn_mask. A
@@ -21,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from minidiff import backend as _backend
-from minidiff.kernels import _checks
+from minidiff.kernels import _checks, _cuda
 from minidiff.kernels._dispatch import implementation
 from minidiff.kernels.softmax import softmax_ref
 
@@ -57,25 +64,44 @@ class AttentionForward(NamedTuple):
     lse: np.ndarray | None  # (..., Lq): kept by the C++ kernel instead
 
 
-def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None,
-                      scale: float) -> AttentionForward:
+CUDA_VERSIONS = (1, 2)
+_TILE_ROWS = 4  # kTileRows of csrc/cuda/attention.cu: version 2's query rows per block
+_MAX_SHARED_BYTES = 48 * 1024  # a GPU's dynamic shared memory per block without an opt-in
+
+
+def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None, scale: float, *,
+                      version: int | None = None) -> AttentionForward:
     """q (..., Lq, D), k (..., Lk, D), v (..., Lk, Dv), mask broadcastable to (..., Lq, Lk) bool or None, on the
-    current backend; leading axes broadcast."""
+    current backend; leading axes broadcast. version: on "cuda" and "cuda-emu", None (the newest) or one of
+    CUDA_VERSIONS; elsewhere None."""
     _check_attention(q, k, v, mask, scale)
+    asked, version = version, _cuda.pick_version(version, CUDA_VERSIONS)
+    if version == 2 and _staged_bytes(q, v) > _MAX_SHARED_BYTES:
+        if asked is not None:
+            raise ValueError(f"version: 2 stages 32 keys and values (D + Dv = {q.shape[-1] + v.shape[-1]} numbers "
+                             f"each) in {_MAX_SHARED_BYTES} bytes of shared memory, which they overflow; use version 1")
+        version = 1
+    if version is not None:
+        return _forward_cuda(q, k, v, mask, float(scale), version)
     return implementation({"numpy": _forward_numpy, "cpp": _forward_cpp})(q, k, v, mask, float(scale))
 
 
 def attention_backward(grad_out: np.ndarray, q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None,
-                       forward: AttentionForward, scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(grad_q, grad_k, grad_v), each of the broadcast batch shape, by the kernel that ran the forward (whatever
-    the backend is now): the NumPy twin from its probs, the C++ kernel from its lse."""
+                       forward: AttentionForward, scale: float, *,
+                       version: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(grad_q, grad_k, grad_v), each of the broadcast batch shape, from what the forward kept (whatever the backend
+    is now): the NumPy twin from its probs; from an lse (the C++ and CUDA kernels keep the same one), the CUDA
+    kernel on "cuda" and "cuda-emu" (`version` as for attention_forward), else the C++ kernel."""
     _check_attention(q, k, v, mask, scale)
     _checks.like(grad_out, "grad_out", forward.out, "the forward's out")
     if forward.lse is not None and (forward.lse.shape != forward.out.shape[:-1] or forward.lse.dtype != q.dtype):
         raise ValueError(f"forward: expected lse of shape {forward.out.shape[:-1]} and dtype {q.dtype} (out's rows), "
                          f"got {forward.lse.shape} {forward.lse.dtype}")
+    version = _cuda.pick_version(version, CUDA_VERSIONS)
     if forward.lse is None:
         return attention_backward_ref(grad_out, q, k, v, forward.probs, float(scale))
+    if version is not None:
+        return _backward_cuda(grad_out, q, k, v, mask, forward, float(scale))
     return _backward_cpp(grad_out, q, k, v, mask, forward, float(scale))
 
 
@@ -146,7 +172,7 @@ class _Batched(NamedTuple):
 
 def _flatten(a: np.ndarray, batch: tuple[int, ...]) -> np.ndarray:
     """a (..., L, d) broadcast to batch + (L, d), as a C-contiguous (B, L, d) array (a copy only if needed)."""
-    full = np.broadcast_to(a, batch + a.shape[-2:])
+    full = _checks.array_module(a).broadcast_to(a, batch + a.shape[-2:])
     return _checks.c_contiguous(full).reshape(math.prod(batch), *a.shape[-2:])
 
 
@@ -164,4 +190,82 @@ def _backward_cpp(grad_out, q, k, v, mask, forward: AttentionForward, scale):
     _backend.extension().attention_backward(_flatten(grad_out, b.batch), b.q, b.k, b.v, b.mask, b.mask_index,
                                             _flatten(forward.out, b.batch),
                                             _checks.c_contiguous(forward.lse).reshape(b.q.shape[:2]), scale, *grads)
+    return tuple(g.reshape(b.batch + g.shape[1:]) for g in grads)
+
+
+# --- the CUDA kernels: the same (B, L, d) arrays ---------------------------------------------------------------------
+
+_WARPS_PER_BLOCK = 4
+
+
+def _warp_per_row_launch(rows: int) -> tuple[tuple[int], tuple[int]]:
+    """(grid, block) for kernels that give each of `rows` rows a warp."""
+    return (min(_cuda.MAX_BLOCKS, max(1, -(-rows // _WARPS_PER_BLOCK))),), (32 * _WARPS_PER_BLOCK,)
+
+
+def _staged_bytes(q: np.ndarray, v: np.ndarray) -> int:
+    """Version 2's dynamic shared memory: 32 rows of keys (D) and of values (Dv)."""
+    return 32 * (q.shape[-1] + v.shape[-1]) * q.itemsize
+
+
+def _cuda_inputs(backend: str, b: _Batched, scale: float) -> tuple:
+    """The arguments MD_ATTENTION_INPUTS of csrc/cuda/attention.cu stands for, on the device; without a mask, q
+    stands in for the arrays the kernels then never read."""
+    q, k, v = (_cuda.to_device(backend, a) for a in (b.q, b.k, b.v))
+    if b.mask is None:
+        mask, index = q, q
+    else:
+        mask, index = _cuda.to_device(backend, b.mask.view(np.uint8)), _cuda.to_device(backend, b.mask_index)
+    return q, k, v, mask, index, np.int32(b.mask is not None), b.q.dtype.type(scale)
+
+
+def _sizes(b: _Batched) -> tuple[np.int64, ...]:
+    (batch, lq, d), (lk, dv) = b.q.shape, b.v.shape[1:]
+    return tuple(np.int64(n) for n in (batch, lq, lk, d, dv))
+
+
+def _forward_cuda(q, k, v, mask, scale, version) -> AttentionForward:
+    backend, xp = _backend.get_backend(), _checks.array_module(q)
+    b = _Batched.of(q, k, v, mask)
+    out = xp.empty((b.q.shape[0], q.shape[-2], v.shape[-1]), q.dtype)  # (B, Lq, Dv)
+    lse = xp.empty(out.shape[:2], q.dtype)  # (B, Lq)
+    if lse.size:
+        out_dev, lse_dev = _cuda.to_device(backend, out), _cuda.to_device(backend, lse)
+        if version == 1:
+            (grid, block), shared = _warp_per_row_launch(lse.size), 0
+        else:  # a block per tile of query rows
+            tiles = b.q.shape[0] * -(-b.q.shape[1] // _TILE_ROWS)
+            grid, block, shared = (min(tiles, _cuda.MAX_BLOCKS),), (32 * _TILE_ROWS,), _staged_bytes(q, v)
+        _cuda.launch(backend, "attention.cu", f"attention_forward_v{version}_kernel<{_cuda.ctype(q.dtype)}>", grid,
+                     block, (*_cuda_inputs(backend, b, scale), out_dev, lse_dev, *_sizes(b)), writes=(),
+                     shared_mem=shared)
+        _cuda.to_host(out_dev, out)
+        _cuda.to_host(lse_dev, lse)
+    return AttentionForward(out.reshape(b.batch + out.shape[1:]), None, lse.reshape(b.batch + lse.shape[1:]))
+
+
+def _backward_cuda(grad_out, q, k, v, mask, forward: AttentionForward, scale):
+    """D = rowsum(dO * O) first (attention_delta_kernel), then the query-major pass (dQ) and the key-major one
+    (dK, dV): version 1's kernels for either version."""
+    backend, xp = _backend.get_backend(), _checks.array_module(q)
+    b = _Batched.of(q, k, v, mask)
+    grads = [xp.empty(a.shape, a.dtype) for a in (b.q, b.k, b.v)]  # (B, Lq, D), (B, Lk, D), (B, Lk, Dv)
+    grads_dev = [_cuda.to_device(backend, g) for g in grads]
+    inputs, sizes, t = _cuda_inputs(backend, b, scale), _sizes(b), _cuda.ctype(q.dtype)
+    rows, dv = b.q.shape[0] * b.q.shape[1], b.v.shape[2]
+    grad_out, out = (_cuda.to_device(backend, _flatten(a, b.batch)) for a in (grad_out, forward.out))
+    lse = _cuda.to_device(backend, _checks.c_contiguous(forward.lse).reshape(b.q.shape[:2]))
+    delta = _cuda.to_device(backend, xp.empty(b.q.shape[:2], q.dtype))  # (B, Lq)
+    if rows:
+        _cuda.launch(backend, "attention.cu", f"attention_delta_kernel<{t}>", *_warp_per_row_launch(rows),
+                     (grad_out.reshape(rows, dv), out.reshape(rows, dv), delta.reshape(rows), np.int64(rows),
+                      np.int64(dv)), writes=())
+        _cuda.launch(backend, "attention.cu", f"attention_grad_q_v1_kernel<{t}>", *_warp_per_row_launch(rows),
+                     (*inputs, grad_out, lse, delta, grads_dev[0], *sizes), writes=())
+    if b.k.shape[0] * b.k.shape[1]:
+        _cuda.launch(backend, "attention.cu", f"attention_grad_kv_v1_kernel<{t}>",
+                     *_warp_per_row_launch(b.k.shape[0] * b.k.shape[1]),
+                     (*inputs, grad_out, lse, delta, grads_dev[1], grads_dev[2], *sizes), writes=())
+    for g, g_dev in zip(grads, grads_dev, strict=True):
+        _cuda.to_host(g_dev, g)
     return tuple(g.reshape(b.batch + g.shape[1:]) for g in grads)

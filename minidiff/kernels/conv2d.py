@@ -137,7 +137,7 @@ def conv2d_forward(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int], p
     version: on "cuda" and "cuda-emu", None or one of CUDA_VERSIONS (see the module docstring); elsewhere None.
     """
     stride, padding = _check_conv(x, weight, stride, padding)
-    version = _cuda_version(version)
+    version = _cuda.pick_version(version, CUDA_VERSIONS)
     if version is not None:
         out = _checks.array_module(x).empty(_out_shape(x, weight, stride, padding), x.dtype)  # (N, O, HO, WO)
         return _launch("forward", version, (x, weight), out, out.shape[1], x.shape, weight.shape, stride, padding)
@@ -161,7 +161,7 @@ def conv2d_backward(grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray, str
         raise ValueError(f"grad_out: expected shape {_out_shape(x, weight, stride, padding)} (the output's), got "
                          f"{grad_out.shape}")
     needs_x, needs_weight = (bool(n) for n in needs_input_grad)
-    version = _cuda_version(version)
+    version = _cuda.pick_version(version, CUDA_VERSIONS)
     if version is not None:
         xp = _checks.array_module(x)
         grad_x = _launch("grad_x", version, (grad_out, weight), xp.empty(x.shape, x.dtype), x.shape[1], x.shape,
@@ -230,21 +230,6 @@ def _backward_cpp(grad_out: np.ndarray, x: np.ndarray, weight: np.ndarray, strid
     _backend.extension().conv2d_backward(_checks.c_contiguous(grad_out), _checks.c_contiguous(x),
                                          _checks.c_contiguous(weight), grad_x, grad_weight, stride, padding)
     return grad_x, grad_weight
-
-
-def _cuda_version(version: object) -> int | None:
-    """The CUDA version to run on a GPU backend (the newest when None), or None on the others."""
-    backend = _backend.get_backend()
-    if backend not in ("cuda", "cuda-emu"):
-        if version is not None:
-            raise ValueError(f"version: only the CUDA kernels (backends 'cuda', 'cuda-emu') have numbered versions; "
-                             f"the backend is {backend!r}")
-        return None
-    if version is None:
-        return CUDA_VERSIONS[-1]
-    if isinstance(version, bool) or version not in CUDA_VERSIONS:
-        raise ValueError(f"version: expected None or one of {CUDA_VERSIONS}, got {version!r}")
-    return version
 
 
 def _launch(part: str, version: int, inputs: tuple[np.ndarray, np.ndarray], out: np.ndarray, gemm_rows: int,

@@ -9,9 +9,10 @@ The U-Net fuses two more steps into it: AdaGN's per-sample scale and shift [E44]
     y = act(u * (1 + scale[n, c]) + shift[n, c]),   act = identity (activation=None) or SiLU ("silu").
 
 `group_norm_forward` and `group_norm_backward` check their arguments and run the current backend's version:
-the twins below on "numpy", csrc/cpu/group_norm.cpp on "cpp". The forward returns the group statistics (mean,
-rstd) as (N, G) float64 arrays, and the backward recomputes x_hat from x and them: two numbers per group kept
-for the backward instead of a copy of x.
+the twins below on "numpy", csrc/cpu/group_norm.cpp on "cpp", csrc/cuda/group_norm.cu on "cuda" and "cuda-emu"
+(a block of threads per group of each sample, the statistics by block reductions). The forward returns the group
+statistics (mean, rstd) as (N, G) float64 arrays, and the backward recomputes x_hat from x and them: two numbers per
+group kept for the backward instead of a copy of x.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from minidiff import backend as _backend
-from minidiff.kernels import _checks
+from minidiff.kernels import _checks, _cuda
 from minidiff.kernels._dispatch import implementation
 from minidiff.kernels.activation import ACTIVATIONS, activation_backward_ref, activation_ref
 
@@ -124,7 +125,8 @@ def group_norm_forward(x: np.ndarray, num_groups: int, weight: np.ndarray | None
                        activation: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(y (N, C, *), mean (N, G), rstd (N, G)) on the current backend; see group_norm_forward_ref."""
     num_groups, eps = _check(x, num_groups, weight, bias, scale, shift, eps, activation)
-    return implementation({"numpy": group_norm_forward_ref, "cpp": _forward_cpp})(
+    return implementation({"numpy": group_norm_forward_ref, "cpp": _forward_cpp, "cuda": _forward_cuda,
+                           "cuda-emu": _forward_cuda})(
         x, num_groups, weight, bias, eps, scale, shift, activation)
 
 
@@ -140,7 +142,8 @@ def group_norm_backward(grad_y: np.ndarray, x: np.ndarray, mean: np.ndarray, rst
         _checks.float_array(a, name)
         if a.shape != (x.shape[0], num_groups):
             raise ValueError(f"{name}: expected shape {(x.shape[0], num_groups)} (N, G), got {a.shape}")
-    return implementation({"numpy": group_norm_backward_ref, "cpp": _backward_cpp})(
+    return implementation({"numpy": group_norm_backward_ref, "cpp": _backward_cpp, "cuda": _backward_cuda,
+                           "cuda-emu": _backward_cuda})(
         grad_y, x, mean, rstd, num_groups, weight, bias, scale, shift, activation)
 
 
@@ -205,5 +208,92 @@ def _backward_cpp(grad_y: np.ndarray, x: np.ndarray, mean: np.ndarray, rstd: np.
         np.ascontiguousarray(rstd, np.float64), _optional(weight), _optional(bias), _per_sample_rows(scale),
         _per_sample_rows(shift), grad_x, grad_weight, grad_bias, grad_scale, grad_shift, num_groups,
         activation or "identity")
+    return (grad_x, grad_weight, grad_bias, None if scale is None else grad_scale.reshape(scale.shape),
+            None if shift is None else grad_shift.reshape(shift.shape))
+
+
+# --- the CUDA kernels: x as (N, C, S) -------------------------------------------------------------------------------
+
+_PRESENT_BITS = (1, 2, 4, 8)  # kWeight, kBias, kScale, kShift of csrc/cuda/group_norm.cu
+_MAX_THREADS = 256
+
+
+def _cuda_params(backend: str, x_dev: Any, weight: Any, bias: Any, scale: Any, shift: Any) -> tuple[Any, ...]:
+    """weight, bias, scale, shift as the kernels read them, on the device, and the `present` bits; x_dev stands in
+    for those absent, which the kernels never read."""
+    given = (_optional(weight), _optional(bias), _per_sample_rows(scale), _per_sample_rows(shift))
+    present = sum(bit for bit, p in zip(_PRESENT_BITS, given, strict=True) if p is not None)
+    return (*(x_dev if p is None else _cuda.to_device(backend, p) for p in given), np.int32(present))
+
+
+def _block_launch(x: Any, num_groups: int) -> tuple[tuple[int], tuple[int], int]:
+    """(grid, block, shared_mem) for a block per (sample, group): whole warps, enough for the group's M numbers up to
+    _MAX_THREADS, and one double of shared memory per warp."""
+    group_size = math.prod(x.shape[1:]) // num_groups
+    threads = min(_MAX_THREADS, max(32, -(-group_size // 32) * 32))
+    return (min(_cuda.MAX_BLOCKS, x.shape[0] * num_groups),), (threads,), threads // 32 * 8
+
+
+def _activation_code(activation: str | None) -> np.int32:
+    """md::Activation of minidiff/group_norm.h: 0 identity, 1 SiLU (ACTIVATIONS' order)."""
+    return np.int32(ACTIVATIONS.index(activation))
+
+
+def _sizes(x: Any, num_groups: int) -> tuple[np.int64, ...]:
+    return tuple(np.int64(v) for v in (x.shape[0], x.shape[1], num_groups, math.prod(x.shape[2:])))
+
+
+def _forward_cuda(x: Any, num_groups: int, weight: Any, bias: Any, eps: float, scale: Any, shift: Any,
+                  activation: str | None) -> tuple[Any, Any, Any]:
+    backend, xp = _backend.get_backend(), _checks.array_module(x)
+    n = x.shape[0]
+    y = xp.empty(x.shape, x.dtype)  # (N, C, *)
+    mean, rstd = xp.empty((n, num_groups)), xp.empty((n, num_groups))  # (N, G) float64
+    if n == 0:
+        return y, mean, rstd
+    sizes = _sizes(x, num_groups)
+    x_dev = _cuda.to_device(backend, _checks.c_contiguous(x).reshape(sizes[:2] + sizes[3:]))  # (N, C, S)
+    hosts = (y.reshape(x_dev.shape), mean, rstd)  # y as (N, C, S), a view
+    y_dev, mean_dev, rstd_dev = (_cuda.to_device(backend, a) for a in hosts)
+    grid, block, shared = _block_launch(x, num_groups)
+    _cuda.launch(backend, "group_norm.cu", f"group_norm_forward_kernel<{_cuda.ctype(x.dtype)}>", grid, block,
+                 (x_dev, *_cuda_params(backend, x_dev, weight, bias, scale, shift), _activation_code(activation),
+                  np.float64(eps), y_dev, mean_dev, rstd_dev, *sizes),
+                 writes=(), shared_mem=shared)
+    for dev, host in zip((y_dev, mean_dev, rstd_dev), hosts, strict=True):
+        _cuda.to_host(dev, host)
+    return y, mean, rstd
+
+
+def _backward_cuda(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: int, weight: Any, bias: Any, scale: Any,
+                   shift: Any, activation: str | None) -> tuple[Any, ...]:
+    """group_norm_backward_kernel, then group_norm_param_grad_kernel to add each (n, c)'s terms of grad_weight and
+    grad_bias over the samples."""
+    backend, xp = _backend.get_backend(), _checks.array_module(x)
+    n, channels = x.shape[:2]
+    grad_x = xp.empty(x.shape, x.dtype)  # (N, C, *)
+    grad_weight, grad_bias = xp.empty(channels, x.dtype), xp.empty(channels, x.dtype)  # (C,)
+    grad_scale, grad_shift = (None if p is None else xp.empty((n, channels), x.dtype) for p in (scale, shift))
+    sizes, t = _sizes(x, num_groups), _cuda.ctype(x.dtype)
+    x_dev, grad_y_dev = (_cuda.to_device(backend, _checks.c_contiguous(a).reshape(sizes[:2] + sizes[3:]))
+                         for a in (x, grad_y))  # (N, C, S)
+    hosts = (grad_x.reshape(x_dev.shape), grad_weight, grad_bias, grad_scale, grad_shift)  # grad_x as (N, C, S)
+    grad_x_dev = _cuda.to_device(backend, hosts[0])
+    weight_terms, bias_terms = (_cuda.to_device(backend, xp.empty((n, channels))) for _ in range(2))  # (N, C) float64
+    optional_grads = [x_dev if g is None else _cuda.to_device(backend, g) for g in (grad_scale, grad_shift)]
+    stats = (_cuda.to_device(backend, xp.ascontiguousarray(a, xp.float64)) for a in (mean, rstd))  # (N, G)
+    if n:
+        grid, block, shared = _block_launch(x, num_groups)
+        _cuda.launch(backend, "group_norm.cu", f"group_norm_backward_kernel<{t}>", grid, block,
+                     (grad_y_dev, x_dev, *stats,
+                      *_cuda_params(backend, x_dev, weight, bias, scale, shift), _activation_code(activation),
+                      grad_x_dev, weight_terms, bias_terms, *optional_grads, *sizes), writes=(), shared_mem=shared)
+    grad_params = [_cuda.to_device(backend, g) for g in (grad_weight, grad_bias)]
+    if channels:
+        _cuda.launch(backend, "group_norm.cu", f"group_norm_param_grad_kernel<{t}>", *_cuda.launch_config_1d(channels),
+                     (weight_terms, bias_terms, *grad_params, *sizes[:2]), writes=())
+    for dev, host in zip((grad_x_dev, *grad_params, *optional_grads), hosts, strict=True):
+        if host is not None:
+            _cuda.to_host(dev, host)
     return (grad_x, grad_weight, grad_bias, None if scale is None else grad_scale.reshape(scale.shape),
             None if shift is None else grad_shift.reshape(shift.shape))

@@ -29,6 +29,15 @@ __device__ __forceinline__ T warp_sum(T v) {
   return v;
 }
 
+// The max of v over the 32 lanes of a full warp, in every lane: the same butterfly as warp_sum. -inf is its
+// identity (lanes with nothing to offer pass -inf). With a NaN in the warp the lanes may disagree (md::max keeps
+// its first argument when a comparison fails): a NaN input gives NaN results either way.
+template <typename T>
+__device__ __forceinline__ T warp_max(T v) {
+  for (int offset = kWarpSize / 2; offset > 0; offset /= 2) v = md::max(v, __shfl_xor_sync(kFullWarp, v, offset));
+  return v;
+}
+
 // The thread's index in its block, x fastest: lanes of a warp are 32 consecutive ones.
 __device__ __forceinline__ unsigned int linear_thread_index() {
   return threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);

@@ -121,6 +121,14 @@ struct ChannelParams {
   T w, b, scale, shift;
 };
 
+// Channel ch of sample n from the optional inputs, nullptr where absent: weight and bias (C,), scale and shift (N, C),
+// C-contiguous (nc = n C + ch).
+template <typename T>
+MD_HD ChannelParams<T> channel_params(const T* weight, const T* bias, const T* scale, const T* shift, index_t nc,
+                                      index_t ch) {
+  return {weight ? weight[ch] : T(1), bias ? bias[ch] : T(0), scale ? scale[nc] : T(0), shift ? shift[nc] : T(0)};
+}
+
 // z = d a + c for d = x - mean of this channel of this sample.
 template <typename T>
 struct ChannelAffine {

@@ -1,0 +1,201 @@
+// cuda-emu twin of csrc/cuda/attention.cu: the forward, D and the two gradient passes, on the CPU.
+#include "minidiff/cuda_emu.h"
+// clang-format off
+#include "cuda/attention.cu"
+// clang-format on
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+
+#include "check.h"
+#include "cpu/attention.h"
+#include "emu/emu.h"
+#include "emu/launch.h"
+
+namespace md::emu {
+
+namespace py = pybind11;
+
+namespace {
+
+// The arguments MD_ATTENTION_INPUTS and MD_ATTENTION_SIZES stand for, checked against each other.
+template <typename T>
+struct Inputs {
+  const T *q, *k, *v;
+  const unsigned char* mask = nullptr;
+  const index_t* mask_index = nullptr;
+  int has_mask;
+  T scale;
+  cpu::AttentionShape s;
+};
+
+template <typename T>
+Inputs<T> check_inputs(const py::array& q, const py::array& k, const py::array& v, const py::array& mask,
+                       const py::array& mask_index, int has_mask, double scale, index_t batch, index_t lq, index_t lk,
+                       index_t d, index_t dv) {
+  Inputs<T> in{};
+  try {
+    in.s = cpu::AttentionShape::make(batch, lq, lk, d, dv);
+  } catch (const std::invalid_argument& e) {
+    throw py::value_error(e.what());
+  }
+  check_shape<T>(q, "q", {batch, lq, d});
+  check_shape<T>(k, "k", {batch, lk, d});
+  check_shape<T>(v, "v", {batch, lk, dv});
+  in.q = static_cast<const T*>(q.data());
+  in.k = static_cast<const T*>(k.data());
+  in.v = static_cast<const T*>(v.data());
+  in.has_mask = has_mask != 0;
+  in.scale = static_cast<T>(scale);
+  if (!in.has_mask) return in;
+  const auto* bytes = check::data<std::uint8_t>(mask, "mask");
+  if (mask.ndim() != 3 || mask.shape(1) != lq || mask.shape(2) != lk)
+    throw py::value_error("mask: expected shape (M, " + std::to_string(lq) + ", " + std::to_string(lk) +
+                          ") of bytes, got " + check::shape_str(mask));
+  check_shape<std::int64_t>(mask_index, "mask_index", {batch});
+  const auto* index = static_cast<const std::int64_t*>(mask_index.data());
+  for (index_t b = 0; b < batch; ++b) {
+    if (index[b] < 0 || index[b] >= mask.shape(0))
+      throw py::value_error("mask_index: expected values in [0, " + std::to_string(mask.shape(0)) + "), got " +
+                            std::to_string(index[b]));
+  }
+  in.mask = bytes;
+  in.mask_index = reinterpret_cast<const index_t*>(index);
+  return in;
+}
+
+// The arguments every attention kernel's binding starts and ends with.
+#define MD_ATTENTION_BINDING_ARGS                                                                                  \
+  const py::tuple &grid, const py::tuple &block, const py::array &q, const py::array &k, const py::array &v,       \
+      const py::array &mask, const py::array &mask_index, int has_mask, double scale
+#define MD_ATTENTION_BINDING_SIZES index_t batch, index_t lq, index_t lk, index_t d, index_t dv
+
+// run(T{}, grid, block, the checked inputs), T following q.dtype.
+template <class Run>
+void with_inputs(const char* kernel, const py::tuple& grid, const py::tuple& block, const py::array& q,
+                 const py::array& k, const py::array& v, const py::array& mask, const py::array& mask_index,
+                 int has_mask, double scale, index_t batch, index_t lq, index_t lk, index_t d, index_t dv, Run run) {
+  const dim3 g = to_dim3(grid, "grid"), b = to_dim3(block, "block");
+  check_warp_block(b, kernel);
+  check::dispatch_float(q, "q", [&](auto tag) {
+    using T = decltype(tag);
+    run(tag, g, b, check_inputs<T>(q, k, v, mask, mask_index, has_mask, scale, batch, lq, lk, d, dv));
+  });
+}
+
+// The backward's grad_out (B, Lq, Dv), lse and delta (B, Lq), checked.
+template <typename T>
+struct Residuals {
+  const T *grad_out, *lse, *delta;
+};
+
+template <typename T>
+Residuals<T> check_residuals(const py::array& grad_out, const py::array& lse, const py::array& delta,
+                             const cpu::AttentionShape& s) {
+  check_shape<T>(grad_out, "grad_out", {s.batch, s.lq, s.dv});
+  check_shape<T>(lse, "lse", {s.batch, s.lq});
+  check_shape<T>(delta, "delta", {s.batch, s.lq});
+  return {static_cast<const T*>(grad_out.data()), static_cast<const T*>(lse.data()),
+          static_cast<const T*>(delta.data())};
+}
+
+template <typename T>
+using ForwardKernel = void (*)(const T*, const T*, const T*, const unsigned char*, const index_t*, int, T, T*, T*,
+                               index_t, index_t, index_t, index_t, index_t);
+
+// attention_forward_v`version`_kernel; version 2 checks its fixed block and its shared memory (32 keys and values).
+void def_forward(py::module_& m, int version, ForwardKernel<float> f32, ForwardKernel<double> f64) {
+  const std::string name = "attention_forward_v" + std::to_string(version) + "_kernel";
+  m.def(
+      name.c_str(),
+      [version, f32, f64, name](MD_ATTENTION_BINDING_ARGS, py::array& out, py::array& lse, MD_ATTENTION_BINDING_SIZES,
+                                std::size_t shared_mem) {
+        with_inputs(name.c_str(), grid, block, q, k, v, mask, mask_index, has_mask, scale, batch, lq, lk, d, dv,
+                    [&](auto tag, const dim3& g, const dim3& b, const auto& in) {
+                      using T = decltype(tag);
+                      const std::size_t needed = version == 2 ? 32 * static_cast<std::size_t>(d + dv) * sizeof(T) : 0;
+                      if (version == 2 && b.x != kTileRows * 32)
+                        throw py::value_error("block: " + name + " needs (" + std::to_string(kTileRows * 32) + ",)");
+                      if (shared_mem < needed)
+                        throw py::value_error("shared_mem: " + name + " needs " + std::to_string(needed) +
+                                              " bytes (32 rows of keys and values), got " + std::to_string(shared_mem));
+                      T* po = check_output<T>(out, "out", {batch, lq, dv});
+                      T* pl = check_output<T>(lse, "lse", {batch, lq});
+                      ForwardKernel<T> kernel;
+                      if constexpr (std::is_same<T, float>::value) {
+                        kernel = f32;
+                      } else {
+                        kernel = f64;
+                      }
+                      py::gil_scoped_release release;
+                      md_emu::launch(g, b, shared_mem, kernel, in.q, in.k, in.v, in.mask, in.mask_index, in.has_mask,
+                                     in.scale, po, pl, batch, lq, lk, d, dv);
+                    });
+      },
+      py::arg("grid"), py::arg("block"), py::arg("q"), py::arg("k"), py::arg("v"), py::arg("mask"),
+      py::arg("mask_index"), py::arg("has_mask"), py::arg("scale"), py::arg("out"), py::arg("lse"), py::arg("batch"),
+      py::arg("lq"), py::arg("lk"), py::arg("d"), py::arg("dv"), py::kw_only(), py::arg("shared_mem") = 0,
+      (name + "<T> of csrc/cuda/attention.cu, run on the CPU. T follows q.dtype.").c_str());
+}
+
+}  // namespace
+
+void register_attention(py::module_& m) {
+  def_forward(m, 1, attention_forward_v1_kernel<float>, attention_forward_v1_kernel<double>);
+  def_forward(m, 2, attention_forward_v2_kernel<float>, attention_forward_v2_kernel<double>);
+  m.def(
+      "attention_delta_kernel",
+      [](const py::tuple& grid, const py::tuple& block, const py::array& grad_out, const py::array& out,
+         py::array& delta, index_t rows, index_t dv) {
+        const dim3 g = to_dim3(grid, "grid"), b = to_dim3(block, "block");
+        check_warp_block(b, "attention_delta_kernel");
+        if (rows < 0 || dv < 0 || (dv > 0 && rows > (index_t(1) << 62) / dv))
+          throw py::value_error("rows, dv: expected sizes >= 0 whose product fits in 64 bits");
+        check::dispatch_float(grad_out, "grad_out", [&](auto tag) {
+          using T = decltype(tag);
+          check_shape<T>(grad_out, "grad_out", {rows, dv});
+          check_shape<T>(out, "out", {rows, dv});
+          T* pd = check_output<T>(delta, "delta", {rows});
+          const T* pg = static_cast<const T*>(grad_out.data());
+          const T* po = static_cast<const T*>(out.data());
+          py::gil_scoped_release release;
+          md_emu::launch(g, b, attention_delta_kernel<T>, pg, po, pd, rows, dv);
+        });
+      },
+      "attention_delta_kernel<T> of csrc/cuda/attention.cu, run on the CPU. T follows grad_out.dtype.");
+  m.def(
+      "attention_grad_q_v1_kernel",
+      [](MD_ATTENTION_BINDING_ARGS, const py::array& grad_out, const py::array& lse, const py::array& delta,
+         py::array& grad_q, MD_ATTENTION_BINDING_SIZES) {
+        with_inputs("attention_grad_q_v1_kernel", grid, block, q, k, v, mask, mask_index, has_mask, scale, batch, lq,
+                    lk, d, dv, [&](auto tag, const dim3& g, const dim3& b, const auto& in) {
+                      using T = decltype(tag);
+                      const Residuals<T> r = check_residuals<T>(grad_out, lse, delta, in.s);
+                      T* pq = check_output<T>(grad_q, "grad_q", {batch, lq, d});
+                      py::gil_scoped_release release;
+                      md_emu::launch(g, b, attention_grad_q_v1_kernel<T>, in.q, in.k, in.v, in.mask, in.mask_index,
+                                     in.has_mask, in.scale, r.grad_out, r.lse, r.delta, pq, batch, lq, lk, d, dv);
+                    });
+      },
+      "attention_grad_q_v1_kernel<T> of csrc/cuda/attention.cu, run on the CPU. T follows q.dtype.");
+  m.def(
+      "attention_grad_kv_v1_kernel",
+      [](MD_ATTENTION_BINDING_ARGS, const py::array& grad_out, const py::array& lse, const py::array& delta,
+         py::array& grad_k, py::array& grad_v, MD_ATTENTION_BINDING_SIZES) {
+        with_inputs("attention_grad_kv_v1_kernel", grid, block, q, k, v, mask, mask_index, has_mask, scale, batch, lq,
+                    lk, d, dv, [&](auto tag, const dim3& g, const dim3& b, const auto& in) {
+                      using T = decltype(tag);
+                      const Residuals<T> r = check_residuals<T>(grad_out, lse, delta, in.s);
+                      T* pk = check_output<T>(grad_k, "grad_k", {batch, lk, d});
+                      T* pv = check_output<T>(grad_v, "grad_v", {batch, lk, dv});
+                      py::gil_scoped_release release;
+                      md_emu::launch(g, b, attention_grad_kv_v1_kernel<T>, in.q, in.k, in.v, in.mask, in.mask_index,
+                                     in.has_mask, in.scale, r.grad_out, r.lse, r.delta, pk, pv, batch, lq, lk, d, dv);
+                    });
+      },
+      "attention_grad_kv_v1_kernel<T> of csrc/cuda/attention.cu, run on the CPU. T follows q.dtype.");
+}
+
+}  // namespace md::emu
