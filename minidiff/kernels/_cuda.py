@@ -106,7 +106,9 @@ def launch(
         host_args = tuple(_backend.to_host(a) if _backend.is_device_array(a) else a for a in args)
         emu_kernel(grid, block, *host_args, **({"shared_mem": shared_mem} if shared_mem else {}))
         for a, host in zip(args, host_args, strict=True):  # the emulator ran on host copies of CuPy arrays:
-            if host is not a:  # copy each back (callers that write into their own arrays pass no `writes`)
+            # copy each back (callers that write into their own arrays pass no `writes`), but for read-only views
+            # (a broadcast input), which no kernel writes
+            if host is not a and getattr(a.flags, "writeable", True):
                 a[...] = _backend.array_module(a).asarray(host)
         return
     function = _raw_module(cu_file).get_function(kernel)

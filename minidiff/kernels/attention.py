@@ -165,7 +165,8 @@ class _Batched(NamedTuple):
         if mask is None:
             return _Batched(batch, *flat, None, None)
         count = math.prod(mask_batch)
-        matrices = np.ascontiguousarray(np.broadcast_to(mask, mask_batch + (lq, lk))).reshape(count, lq, lk)
+        xp = _checks.array_module(mask)
+        matrices = xp.ascontiguousarray(xp.broadcast_to(mask, mask_batch + (lq, lk))).reshape(count, lq, lk)
         index = np.arange(count, dtype=np.int64).reshape(mask_batch)  # the matrix of each batch element
         return _Batched(batch, *flat, matrices, np.broadcast_to(index, batch).flatten())
 
