@@ -48,7 +48,7 @@ from threadpoolctl import threadpool_limits
 import minidiff as md
 from minidiff.info import report
 from minidiff.kernels import StepCoefs, _cuda, sampler_step, sampler_step_ref
-from minidiff.kernels.attention import attention_forward_ref
+from minidiff.kernels.attention import attention_forward, attention_forward_ref
 from minidiff.kernels.conv2d import (
     conv2d_backward_ref,
     conv2d_forward,
@@ -695,6 +695,24 @@ print(f"P recomputed from the lse against the twin's stored P: {np.nanmax(np.abs
 assert np.nanmax(np.abs(recomputed - probs_twin)) < 1e-12
 
 # %% [markdown]
+# The compiled kernels keep exactly this lse. `attention_forward` returns what the backward needs: the NumPy twin
+# keeps the probabilities, the C++ kernel (query tiles of the online softmax in `csrc/cpu/attention.cpp`) and the
+# CUDA kernel (one warp per query row, its max and sum reduced by warp shuffles in `csrc/cuda/attention.cu`, run
+# here on the emulator) keep only the lse. Their lse and outputs agree with the tiled NumPy forward above.
+
+# %%
+for name in [b for b in ("cpp", "cuda-emu") if md.backend.why_unavailable(b) == ""]:
+    with md.use_backend(name):
+        result = attention_forward(q, k, v, mask, 0.25)
+    with np.errstate(invalid="ignore"):  # the fully masked row: lse = -inf in both, and -inf - (-inf) is NaN
+        lse_gap = np.nanmax(np.abs(result.lse - lse))
+    out_gap = np.nanmax(np.abs(result.out - out_twin))
+    print(f"{name:>8}: probabilities kept: {result.probs is not None}; max |lse - tiled lse| = {lse_gap:.1e}; "
+          f"max |out - twin| = {out_gap:.1e}; NaN rows as the twin: "
+          f"{np.array_equal(np.isnan(result.out), np.isnan(out_twin))}")
+    assert result.probs is None and lse_gap < 1e-10 and out_gap < 1e-10
+
+# %% [markdown]
 # ## 5. The CUDA thread hierarchy, on the emulator
 #
 # A CUDA kernel is one function run by many threads. A launch names a **grid** of **blocks** and the number of
@@ -894,6 +912,7 @@ if torch is not None:
     rows += bench_kernels.bench_attention(bench_kernels.QUICK_ATTENTION_SHAPES[:1] if FAST
                                           else bench_kernels.ATTENTION_SHAPES[:1], threads_list, quick)
     sections = ["gemm", "conv forward", "conv forward+backward", "attention forward+backward"]
+    colors = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(r.contender for r in rows))}  # one per contender
     fig, axes = plt.subplots(1, 4, figsize=(16, 4.6), sharey=True)
     for ax, section in zip(axes, sections, strict=True):
         chosen = [r for r in rows if r.section == section]
@@ -903,7 +922,8 @@ if torch is not None:
         for i, name in enumerate(names):
             heights = [next(r.vs_torch for r in chosen if (r.case, r.threads, r.contender) == (*g, name))
                        for g in groups]
-            ax.bar(np.arange(len(groups)) + (i - (len(names) - 1) / 2) * width, heights, width, label=name)
+            ax.bar(np.arange(len(groups)) + (i - (len(names) - 1) / 2) * width, heights, width, label=name,
+                   color=colors[name])
         ax.axhline(1.0, color="k", lw=1)
         ax.set_xticks(range(len(groups)), ["\n".join([*case.rsplit(" ", 1), f"{t} thread{'s' if t > 1 else ''}"])
                                            for case, t in groups], fontsize=8)
