@@ -230,8 +230,8 @@ void pack_a(View a, index_t mc, index_t kc, T* __restrict dst) {
         }
       }
 #endif
-      if (rows == MR) {  // a full sliver: p outer, so dst is written in order (packing A took 1/8 of a 512^3
-                         // product row by row, with MR interleaved store streams)
+      if (rows == MR) {  // a full sliver: p outer, so dst is written in order (row by row, with MR interleaved
+                         // streams of stores, packing A cost ~10% of a 512^3 product on AVX2)
         const T* src[MR];
         for (int i = 0; i < MR; ++i) src[i] = a.ptr(i0 + i, 0);
         for (index_t p = 0; p < kc; ++p) {
