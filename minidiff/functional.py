@@ -177,8 +177,14 @@ class Conv2d(Function):
     def forward(ctx: Context, x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None,
                 stride: tuple[int, int], padding: tuple[int, int]) -> np.ndarray:
         ctx.save(x, weight, stride, padding)
-        out = _conv2d.conv2d_forward(x, weight, stride, padding)  # (N, O, HO, WO)
-        return out if bias is None else out + bias.reshape(1, -1, 1, 1)
+        out = _conv2d.conv2d_forward(x, weight, stride, padding)  # (N, O, HO, WO), a new array
+        if bias is None:
+            return out
+        bias = bias.reshape(1, -1, 1, 1)
+        if np.result_type(out.dtype, bias.dtype) != out.dtype:
+            return out + bias  # promoted to bias's dtype
+        out += bias  # in place: a second (N, O, HO, WO) array cost a pass and its page faults
+        return out
 
     @staticmethod
     def backward(ctx: Context, grad: np.ndarray) -> tuple[Any, ...]:

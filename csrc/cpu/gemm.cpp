@@ -230,9 +230,19 @@ void pack_a(View a, index_t mc, index_t kc, T* __restrict dst) {
         }
       }
 #endif
-      for (index_t i = 0; i < rows; ++i) {
-        const T* src = a.ptr(i0 + i, 0);
-        for (index_t p = 0; p < kc; ++p) dst[p * MR + i] = src[p];
+      if (rows == MR) {  // a full sliver: p outer, so dst is written in order (row by row, with MR interleaved
+                         // streams of stores, packing A cost ~10% of a 512^3 product on AVX2)
+        const T* src[MR];
+        for (int i = 0; i < MR; ++i) src[i] = a.ptr(i0 + i, 0);
+        for (index_t p = 0; p < kc; ++p) {
+#pragma GCC unroll 16
+          for (int i = 0; i < MR; ++i) dst[p * MR + i] = src[i][p];
+        }
+      } else {
+        for (index_t i = 0; i < rows; ++i) {
+          const T* src = a.ptr(i0 + i, 0);
+          for (index_t p = 0; p < kc; ++p) dst[p * MR + i] = src[p];
+        }
       }
     } else if constexpr (std::is_same_v<View, MatrixView<T>>) {  // columns contiguous (A transposed), or any
       for (index_t p = 0; p < kc; ++p) {                            // strides: read down each column
