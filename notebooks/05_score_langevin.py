@@ -631,8 +631,10 @@ budgets = [20, 50, 100, 200, 400] if FAST else [20, 50, 100, 200, 500, 1000, 200
 start = sigma_max * rng.standard_normal((n_chains, 2))
 target_L = gmm.noised(1.0, sigma_min)
 errors = {"plain": [], "annealed": []}
+plain_x, steps_done = start, 0
 for budget in budgets:
-    plain_x = langevin_dynamics(gmm.score, start, 0.005, budget, rng)
+    # one plain chain, continued from the previous budget: its state after `budget` steps from `start`
+    plain_x, steps_done = langevin_dynamics(gmm.score, plain_x, 0.005, budget - steps_done, rng), budget
     sampler = AnnealedLangevinSampler.geometric(sigma_max, sigma_min, L, eps_step, budget // L)
     annealed_x = sampler.sample(noised_score_fn, start, rng, progress=False)
     errors["plain"].append(weight_error(plain_x))

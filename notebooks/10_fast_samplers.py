@@ -839,7 +839,7 @@ def learned_velocity(x, t):
         return flow_model(x, t).data
 
 
-train_steps = 400 if FAST else 3000
+train_steps = 200 if FAST else 3000
 optimizer = Adam(list(flow_net.parameters()), lr=1e-2)
 lr_schedule = LRScheduler(optimizer, CosineDecay(train_steps))
 losses = []

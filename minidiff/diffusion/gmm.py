@@ -54,8 +54,15 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 
 def _einsum(spec: str, *operands: np.ndarray) -> np.ndarray:
     """np.einsum allowed to reorder the contraction and call BLAS (optimize=True): over (n, K, D) arrays
-    that is ~20 times faster than its default loop, which matters for Langevin chains calling `score`."""
-    return np.einsum(spec, *operands, optimize=True)
+    that is ~20 times faster than its default loop, which matters for Langevin chains calling `score`.
+    The two kinds of contraction made on every score / denoiser call skip einsum's path search, which dominates
+    small batches (a sampler's 64 points): M_k v_nk ("kij,nkj->nki", or M_k^T v_nk for "kji") is one batched
+    matmul over k, (K, n, D) @ (K, D, D), and the mixture average "nk,nki->ni" is einsum's own loop."""
+    if spec in ("kij,nkj->nki", "kji,nkj->nki"):
+        mats, v = operands  # (K, D, D), (n, K, D)
+        right = mats.transpose(0, 2, 1) if spec == "kij,nkj->nki" else mats  # v_nk @ M_k^T = M_k v_nk
+        return np.matmul(v.transpose(1, 0, 2), right).transpose(1, 0, 2)  # (n, K, D)
+    return np.einsum(spec, *operands, optimize=spec != "nk,nki->ni")
 
 
 def _logsumexp(a: np.ndarray) -> np.ndarray:
