@@ -213,28 +213,25 @@ void pack_a(View a, index_t mc, index_t kc, T* __restrict dst) {
   for (index_t i0 = 0; i0 < mc; i0 += MR, dst += MR * kc) {
     const index_t rows = std::min<index_t>(MR, mc - i0);
     if (unit_columns(a)) {  // rows of A are contiguous: read along each row, write with stride MR
-#ifdef MINIDIFF_HAS_TRANSPOSE_8X8
-      if constexpr (MR == 8 && std::is_same_v<T, float>) {
-        if (rows == MR) {
-          const float* row[MR];
-          for (int i = 0; i < MR; ++i) row[i] = a.ptr(i0 + i, 0);
-          index_t p = 0;
-          for (; p + 8 <= kc; p += 8) {
-            kernels::transpose_8x8(row, dst + p * MR, MR);
-            for (int i = 0; i < MR; ++i) row[i] += 8;
-          }
-          for (; p < kc; ++p) {
-            for (index_t i = 0; i < MR; ++i) dst[p * MR + i] = a(i0 + i, p);
-          }
-          continue;
-        }
-      }
-#endif
-      if (rows == MR) {  // a full sliver: p outer, so dst is written in order (row by row, with MR interleaved
-                         // streams of stores, packing A cost ~10% of a 512^3 product on AVX2)
+      if (rows == MR) {  // a full sliver: p outer, so dst is written in order (with MR interleaved streams of
+                         // stores packing A cost ~10% of a 512^3 product on AVX2)
         const T* src[MR];
         for (int i = 0; i < MR; ++i) src[i] = a.ptr(i0 + i, 0);
-        for (index_t p = 0; p < kc; ++p) {
+        index_t p = 0;
+#ifdef MINIDIFF_HAS_TRANSPOSE_8X8
+        if constexpr (std::is_same_v<T, float> && MR >= 5 && MR <= 8) {  // 8 steps at a time, in registers
+          for (; p + 8 <= kc; p += 8) {
+            const float* at[MR];
+            for (int i = 0; i < MR; ++i) at[i] = src[i] + p;
+            if constexpr (MR == 8) {
+              kernels::transpose_8x8(at, dst + p * MR, MR);
+            } else {
+              kernels::transpose_rx8<MR>(at, dst + p * MR);
+            }
+          }
+        }
+#endif
+        for (; p < kc; ++p) {
 #pragma GCC unroll 16
           for (int i = 0; i < MR; ++i) dst[p * MR + i] = src[i][p];
         }
@@ -261,21 +258,28 @@ void pack_a(View a, index_t mc, index_t kc, T* __restrict dst) {
 template <class K, typename T, class View>
 void pack_b(View b, index_t kc, index_t nc, T* __restrict dst) {
   constexpr int NR = K::nr;
+  // Rows of B contiguous: walk them in order, copying NR-long pieces into each sliver. (Sliver by sliver, every
+  // piece would start a new row of B: a cache miss per 64 bytes, ~7% of a 512^3 product on AVX2.)
+  if (unit_columns(b)) {
+    const index_t full = nc / NR, cols = nc - full * NR;
+    for (index_t p = 0; p < kc; ++p) {
+      const T* src = b.ptr(p, 0);
+      T* d = dst + p * NR;
+      for (index_t s = 0; s < full; ++s) {  // a fixed length: a few vector moves
+        std::memcpy(d + s * NR * kc, src + s * NR, sizeof(T) * NR);
+      }
+      if (cols > 0) {  // the right edge, zero-padded
+        T* edge = d + full * NR * kc;
+        for (index_t j = 0; j < cols; ++j) edge[j] = src[full * NR + j];
+        for (index_t j = cols; j < NR; ++j) edge[j] = T(0);
+      }
+    }
+    return;
+  }
   for (index_t j0 = 0; j0 < nc; j0 += NR, dst += NR * kc) {
     const index_t cols = std::min<index_t>(NR, nc - j0);
-    if (unit_columns(b)) {  // rows of B are contiguous: copy NR-long pieces of them
-      for (index_t p = 0; p < kc; ++p) {
-        const T* src = b.ptr(p, j0);
-        T* d = dst + p * NR;
-        if (cols == NR) {  // a fixed length: a few vector moves (GCC makes a loop over it a memmove call)
-          std::memcpy(d, src, sizeof(T) * NR);
-        } else {
-          for (index_t j = 0; j < cols; ++j) d[j] = src[j];
-          for (index_t j = cols; j < NR; ++j) d[j] = T(0);
-        }
-      }
-    } else if constexpr (std::is_same_v<View, MatrixView<T>>) {  // columns contiguous (B transposed), or any
-      index_t j = 0;                                                // strides: read down each column
+    if constexpr (std::is_same_v<View, MatrixView<T>>) {  // columns contiguous (B transposed), or any strides:
+      index_t j = 0;                                         // read down each column
 #ifdef MINIDIFF_HAS_TRANSPOSE_8X8
       if constexpr (std::is_same_v<T, float> && NR % 8 == 0) {
         for (; b.rs == 1 && j + 8 <= cols; j += 8) {  // 8 contiguous columns at a time, 8 x 8 transposes

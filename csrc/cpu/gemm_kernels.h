@@ -185,12 +185,10 @@ struct F64x8 {
 
 #if defined(__AVX2__)
 #define MINIDIFF_HAS_TRANSPOSE_8X8 1
-// dst[p * ldd + i] = rows[i][p] for i, p < 8: packing 8 rows of A into an 8-row sliver (ldd = 8), or 8 columns
-// of B^T into a sliver of B (ldd = NR), 8 steps of p at a time (three rounds of shuffles; a scalar loop would
-// store one number per instruction).
-inline void transpose_8x8(const float* const* rows, float* dst, index_t ldd) {
-  __m256 r[8], t[8];
-  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rows[i]);
+// r[i] = rows[i][0..8) -> r[p] = (rows[0][p], ..., rows[7][p]): an 8 x 8 block of floats transposed in three
+// rounds of shuffles.
+inline void transpose_8x8_in_registers(__m256 r[8]) {
+  __m256 t[8];
   for (int i = 0; i < 8; i += 2) {  // interleave row pairs: (r0 r1) -> a0 b0 a1 b1 | a4 b4 a5 b5, ...
     t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
     t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
@@ -202,8 +200,41 @@ inline void transpose_8x8(const float* const* rows, float* dst, index_t ldd) {
     r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
   }
   for (int p = 0; p < 4; ++p) {  // and the 128-bit halves of rows 0-3 and 4-7 joined
-    _mm256_storeu_ps(dst + p * ldd, _mm256_permute2f128_ps(r[p], r[p + 4], 0x20));
-    _mm256_storeu_ps(dst + (p + 4) * ldd, _mm256_permute2f128_ps(r[p], r[p + 4], 0x31));
+    t[p] = _mm256_permute2f128_ps(r[p], r[p + 4], 0x20);
+    t[p + 4] = _mm256_permute2f128_ps(r[p], r[p + 4], 0x31);
+  }
+  for (int p = 0; p < 8; ++p) r[p] = t[p];
+}
+
+// dst[p * ldd + i] = rows[i][p] for i, p < 8: packing 8 rows of A into an 8-row sliver (ldd = 8), or 8 columns
+// of B^T into a sliver of B (ldd = NR), 8 steps of p at a time (a scalar loop would store one number per
+// instruction).
+inline void transpose_8x8(const float* const* rows, float* dst, index_t ldd) {
+  __m256 r[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rows[i]);
+  transpose_8x8_in_registers(r);
+  for (int p = 0; p < 8; ++p) _mm256_storeu_ps(dst + p * ldd, r[p]);
+}
+
+// dst[p * R + i] = rows[i][p] for i < R < 8, p < 8: 8 steps of an R-row sliver of A (the AVX2 tile's 6 rows).
+// The rows are transposed as an 8 x 8 block with zero rows below, and the 8-wide columns stored in order, each
+// overlapping the next one's first 8 - R places, which that store then overwrites; the last column stores only
+// its R numbers, so nothing past dst[8 R) is touched.
+template <int R>
+inline void transpose_rx8(const float* const* rows, float* dst) {
+  static_assert(R > 4 && R < 8, "the last column is stored as 4 + (R - 4) numbers");
+  __m256 r[8];
+  for (int i = 0; i < 8; ++i) r[i] = i < R ? _mm256_loadu_ps(rows[i]) : _mm256_setzero_ps();
+  transpose_8x8_in_registers(r);
+  for (int p = 0; p < 7; ++p) _mm256_storeu_ps(dst + p * R, r[p]);
+  float* last = dst + 7 * R;
+  _mm_storeu_ps(last, _mm256_castps256_ps128(r[7]));
+  const __m128 high = _mm256_extractf128_ps(r[7], 1);
+  if constexpr (R == 5) _mm_store_ss(last + 4, high);
+  if constexpr (R == 6) _mm_storel_pi(reinterpret_cast<__m64*>(last + 4), high);
+  if constexpr (R == 7) {
+    _mm_storel_pi(reinterpret_cast<__m64*>(last + 4), high);
+    _mm_store_ss(last + 6, _mm_movehl_ps(high, high));
   }
 }
 #endif
