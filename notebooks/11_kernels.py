@@ -262,8 +262,8 @@ for name, info in kernel_info.items():
 
 # %% [markdown]
 # The portable micro-kernel is the plain C++ above, vectorized by the compiler as it can; the `avx2` (and, where the
-# CPU has it, `avx512`) ones are the same loops written with vector intrinsics, a $6 \times 16$ tile in twelve
-# 256-bit registers for AVX2.
+# CPU has it, `avx512`) ones are the same loops written with vector intrinsics, a $4 \times 24$ tile in twelve
+# 256-bit registers for AVX2 (three more hold the row of $B$, one the broadcast of $A$: all sixteen in use).
 #
 # ### Counting the traffic
 #

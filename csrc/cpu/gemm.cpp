@@ -128,9 +128,9 @@ namespace {
 using kernels::Blocking;
 
 // The micro-kernel of each instruction set for each type, and its cache blocking:
-//   KC x NR of B within about half of L1 (32-48 KiB on current x86 cores), so the A slivers streaming past it
-//   do not evict it; MC x KC of A well inside L2 (512 KiB - 1 MiB); KC x NC of B in L3.
-// float64 tiles have half the columns (a vector holds half the numbers) and half the depth (the same bytes).
+//   KC x NR of B within L1 (32-48 KiB on current x86 cores; AVX2's 256 x 24 floats take 24 KiB), with room for
+//   the A slivers streaming past it; MC x KC of A well inside L2 (512 KiB - 1 MiB); KC x NC of B in L3.
+// float64 blocks have half the depth (the same bytes); its AVX2 tile stays 6 x 8 (float64 was not measured).
 // The AVX-512 tile is 8 x 32, not the 12 or 14 rows its 32 registers allow: alone in L1 all three reach the
 // FMA peak, and 8 divides the channel counts of a U-Net (32, 64, 128), which are the rows of conv2d's
 // products (12 rows would run 64 channels as 5 full tiles and one third-full one). Measured on Zen 5.
@@ -142,7 +142,10 @@ struct Kernels<float> {
   using portable = kernels::PortableKernel<float, 4, 16>;
   static constexpr Blocking portable_blocking{128, 256, 2048};
 #ifdef MINIDIFF_HAS_AVX2_KERNEL
-  using avx2 = kernels::SimdKernel<kernels::F32x8, 6, 2>;  // 6 x 16: 12 accumulators + 2 B + 1 A = 15 of 16 ymm
+  // 4 x 24: 12 accumulators + 3 B + 1 A = 16 of 16 ymm. Per step 3 loads of B and 4 broadcasts of A feed 12
+  // FMAs (6 x 16 needs 8 for 12), and 4 rows divide a U-Net's channel counts (6-row tiles ran conv2d's 32-row
+  // products as 5 full tiles and a third-full one). Measured on Zen 3: as fast on 512^3, 1.2-1.3x on those.
+  using avx2 = kernels::SimdKernel<kernels::F32x8, 4, 3>;
   static constexpr Blocking avx2_blocking{144, 256, 2048};
 #endif
 #ifdef MINIDIFF_HAS_AVX512_KERNEL
@@ -219,14 +222,14 @@ void pack_a(View a, index_t mc, index_t kc, T* __restrict dst) {
         for (int i = 0; i < MR; ++i) src[i] = a.ptr(i0 + i, 0);
         index_t p = 0;
 #ifdef MINIDIFF_HAS_TRANSPOSE_8X8
-        if constexpr (std::is_same_v<T, float> && MR >= 5 && MR <= 8) {  // 8 steps at a time, in registers
+        if constexpr (std::is_same_v<T, float> && (MR == 4 || MR == 8)) {  // 8 steps at a time, in registers
           for (; p + 8 <= kc; p += 8) {
             const float* at[MR];
             for (int i = 0; i < MR; ++i) at[i] = src[i] + p;
             if constexpr (MR == 8) {
               kernels::transpose_8x8(at, dst + p * MR, MR);
             } else {
-              kernels::transpose_rx8<MR>(at, dst + p * MR);
+              kernels::transpose_4x8(at, dst + p * MR);
             }
           }
         }

@@ -216,26 +216,13 @@ inline void transpose_8x8(const float* const* rows, float* dst, index_t ldd) {
   for (int p = 0; p < 8; ++p) _mm256_storeu_ps(dst + p * ldd, r[p]);
 }
 
-// dst[p * R + i] = rows[i][p] for i < R < 8, p < 8: 8 steps of an R-row sliver of A (the AVX2 tile's 6 rows).
-// The rows are transposed as an 8 x 8 block with zero rows below, and the 8-wide columns stored in order, each
-// overlapping the next one's first 8 - R places, which that store then overwrites; the last column stores only
-// its R numbers, so nothing past dst[8 R) is touched.
-template <int R>
-inline void transpose_rx8(const float* const* rows, float* dst) {
-  static_assert(R > 4 && R < 8, "the last column is stored as 4 + (R - 4) numbers");
+// dst[p * 4 + i] = rows[i][p] for i < 4, p < 8: 8 steps of a 4-row sliver of A (the AVX2 and portable float
+// tiles' rows): the 8 x 8 transpose with four zero rows, of which each column's first half is stored.
+inline void transpose_4x8(const float* const* rows, float* dst) {
   __m256 r[8];
-  for (int i = 0; i < 8; ++i) r[i] = i < R ? _mm256_loadu_ps(rows[i]) : _mm256_setzero_ps();
+  for (int i = 0; i < 8; ++i) r[i] = i < 4 ? _mm256_loadu_ps(rows[i]) : _mm256_setzero_ps();
   transpose_8x8_in_registers(r);
-  for (int p = 0; p < 7; ++p) _mm256_storeu_ps(dst + p * R, r[p]);
-  float* last = dst + 7 * R;
-  _mm_storeu_ps(last, _mm256_castps256_ps128(r[7]));
-  const __m128 high = _mm256_extractf128_ps(r[7], 1);
-  if constexpr (R == 5) _mm_store_ss(last + 4, high);
-  if constexpr (R == 6) _mm_storel_pi(reinterpret_cast<__m64*>(last + 4), high);
-  if constexpr (R == 7) {
-    _mm_storel_pi(reinterpret_cast<__m64*>(last + 4), high);
-    _mm_store_ss(last + 6, _mm_movehl_ps(high, high));
-  }
+  for (int p = 0; p < 8; ++p) _mm_storeu_ps(dst + p * 4, _mm256_castps256_ps128(r[p]));
 }
 #endif
 
