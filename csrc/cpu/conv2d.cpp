@@ -2,8 +2,9 @@
 //
 // How the GEMM gets its columns matrix cols (C KH KW x positions), the fastest way that applies:
 //   - "same" convolutions with stride 1 (every 3x3 of a U-Net but the downsampling ones): no im2col at all. KW
-//     shifted copies of the image are read in place through a RowTable, and grad_x is the convolution of
-//     grad_out with the flipped weight, so there is no col2im either (see shifted_rows);
+//     shifted copies of the image are read through a RowTable (the GEMM packs them block by block, as it packs
+//     any B), and grad_x is the convolution of grad_out with the flipped weight, so there is no col2im either
+//     (see shifted_rows);
 //   - small images (a U-Net's deep levels): several side by side in one cols, so each GEMM has enough columns
 //     to fill its tiles;
 //   - otherwise im2col, in chunks of whole output rows of at most kColsBudget elements: never a whole batch's

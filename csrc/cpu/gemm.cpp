@@ -312,8 +312,8 @@ void pack_b(View b, index_t kc, index_t nc, T* __restrict dst) {
 
 // An edge tile (rows < MR or cols < NR): the micro-kernel runs on a full tile in a buffer holding C's part,
 // so the arithmetic is exactly that of a full tile.
-template <class K, typename T, class Sliver>
-void edge_tile(index_t kc, T alpha, const T* a, Sliver b, T beta, T* c, index_t ldc, index_t rows, index_t cols) {
+template <class K, typename T>
+void edge_tile(index_t kc, T alpha, const T* a, const T* b, T beta, T* c, index_t ldc, index_t rows, index_t cols) {
   alignas(64) T tile[K::mr * K::nr] = {};
   if (beta != T(0)) {
     for (index_t i = 0; i < rows; ++i) std::memcpy(tile + i * K::nr, c + i * ldc, cols * sizeof(T));
@@ -322,23 +322,21 @@ void edge_tile(index_t kc, T alpha, const T* a, Sliver b, T beta, T* c, index_t 
   for (index_t i = 0; i < rows; ++i) std::memcpy(c + i * ldc, tile + i * K::nr, cols * sizeof(T));
 }
 
-// Loops jr, ir over one packed block of A (mc x kc) and a kc x nc block of B: C block += Ap B.
-template <class K, typename T, class BlocksOfB>
-void macro_kernel(index_t mc, index_t nc, index_t kc, T alpha, const T* pa, const BlocksOfB& b, T beta,
-                  OutMatrix<T> c) {
+// Loops jr, ir over one packed block of A (mc x kc) and one of B (kc x nc): C block += Ap Bp.
+template <class K, typename T>
+void macro_kernel(index_t mc, index_t nc, index_t kc, T alpha, const T* pa, const T* pb, T beta, OutMatrix<T> c) {
   for (index_t jr = 0; jr < nc; jr += K::nr) {
     const index_t cols = std::min<index_t>(K::nr, nc - jr);
-    b.with_sliver(jr, cols, [&](auto sliver) {
-      for (index_t ir = 0; ir < mc; ir += K::mr) {
-        const index_t rows = std::min<index_t>(K::mr, mc - ir);
-        const T* a = pa + ir * kc;
-        if (rows == K::mr && cols == K::nr) {
-          K::run(kc, alpha, a, sliver, beta, &c(ir, jr), c.ld);
-        } else {
-          edge_tile<K>(kc, alpha, a, sliver, beta, &c(ir, jr), c.ld, rows, cols);
-        }
+    const T* b = pb + jr * kc;
+    for (index_t ir = 0; ir < mc; ir += K::mr) {
+      const index_t rows = std::min<index_t>(K::mr, mc - ir);
+      const T* a = pa + ir * kc;
+      if (rows == K::mr && cols == K::nr) {
+        K::run(kc, alpha, a, b, beta, &c(ir, jr), c.ld);
+      } else {
+        edge_tile<K>(kc, alpha, a, b, beta, &c(ir, jr), c.ld, rows, cols);
       }
-    });
+    }
   }
 }
 
@@ -374,64 +372,20 @@ struct PrepackedA {
   const T* operator()(index_t ic, index_t pc, index_t, index_t kc) const { return data + pc * m_padded + ic * kc; }
 };
 
-// Where the loops find each KC x NC block of B: packed into this thread's buffer (any view)...
-template <class K, typename T, class View>
-struct PackBlocksOfB {
-  View b;
-  T* buffer;
-  index_t kc = 0;
-  void prepare(index_t pc, index_t kc_block, index_t jc, index_t nc) {
-    pack_b<K>(b.block(pc, jc), kc_block, nc, buffer);
-    kc = kc_block;
-  }
-  template <class F>
-  void with_sliver(index_t jr, index_t, F&& f) const {
-    f(kernels::PackedSliver<T>{buffer + jr * kc, K::nr});
-  }
-};
-
-// ... or, for a RowTable, read in place: its rows are contiguous already. Only a sliver narrower than NR (the
-// right edge) is packed, so the micro-kernel never reads past a row's end.
-template <class K, typename T>
-struct RowsOfB {
-  RowTable<T> b;
-  T* edge;  // NR x KC
-  index_t pc = 0, kc = 0, jc = 0;
-  void prepare(index_t pc_block, index_t kc_block, index_t jc_block, index_t) {
-    pc = pc_block, kc = kc_block, jc = jc_block;
-  }
-  template <class F>
-  void with_sliver(index_t jr, index_t cols, F&& f) const {
-    if (cols == K::nr) return f(kernels::RowsSliver<T>{b.rows + pc, b.col0 + jc + jr});
-    pack_b<K>(b.block(pc, jc + jr), kc, cols, edge);
-    f(kernels::PackedSliver<T>{edge, K::nr});
-  }
-};
-
-template <class K, typename T>
-PackBlocksOfB<K, T, MatrixView<T>> blocks_of_b(MatrixView<T> b, Blocking bl, index_t n) {
-  return {b, packed_b_buffer<T>().get(std::min(bl.nc, round_up(n, K::nr)) * bl.kc)};
-}
-
-template <class K, typename T>
-RowsOfB<K, T> blocks_of_b(RowTable<T> b, Blocking bl, index_t) {
-  return {b, packed_b_buffer<T>().get(K::nr * bl.kc)};
-}
-
 // The five loops on one thread (m, n, k >= 1, bl balanced for this product).
 template <class K, typename T, class BlocksOfA, class ViewB>
 void packed_serial(index_t m, index_t n, index_t k, T alpha, const BlocksOfA& blocks_of_a, ViewB b, T beta,
                    OutMatrix<T> c, Blocking bl) {
-  auto blocks = blocks_of_b<K>(b, bl, n);
+  T* pb = packed_b_buffer<T>().get(std::min(bl.nc, round_up(n, K::nr)) * bl.kc);
   for (index_t jc = 0; jc < n; jc += bl.nc) {
     const index_t nc = std::min(bl.nc, n - jc);
     for (index_t pc = 0; pc < k; pc += bl.kc) {
       const index_t kc = std::min(bl.kc, k - pc);
-      blocks.prepare(pc, kc, jc, nc);
+      pack_b<K>(b.block(pc, jc), kc, nc, pb);
       const T beta_pc = pc == 0 ? beta : T(1);  // later depth blocks add to what the first wrote
       for (index_t ic = 0; ic < m; ic += bl.mc) {
         const index_t mc = std::min(bl.mc, m - ic);
-        macro_kernel<K>(mc, nc, kc, alpha, blocks_of_a(ic, pc, mc, kc), blocks, beta_pc, c.block(ic, jc));
+        macro_kernel<K>(mc, nc, kc, alpha, blocks_of_a(ic, pc, mc, kc), pb, beta_pc, c.block(ic, jc));
       }
     }
   }

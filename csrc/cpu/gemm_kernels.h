@@ -31,37 +31,20 @@ struct Blocking {
   index_t mc, kc, nc;
 };
 
-// Where a micro-kernel finds row p of its KC x NR sliver of B: packed (NR numbers per row, one after another), or
-// in place in the rows of a RowTable (conv2d's shifted images, read without packing).
-template <typename T>
-struct PackedSliver {
-  const T* b;
-  int nr;
-  const T* row(index_t p) const { return b + p * nr; }
-};
-
-template <typename T>
-struct RowsSliver {
-  const T* const* rows;
-  index_t col;
-  const T* row(index_t p) const { return rows[p] + col; }
-};
-
 // --- portable: plain C++ the compiler vectorizes as it can ---------------------------------------------------
 
 template <typename T, int MR, int NR>
 struct PortableKernel {
   static constexpr int mr = MR, nr = NR;
 
-  template <class Sliver>
-  static void run(index_t kc, T alpha, const T* __restrict a, Sliver b, T beta, T* __restrict c, index_t ldc) {
+  static void run(index_t kc, T alpha, const T* __restrict a, const T* __restrict b, T beta, T* __restrict c,
+                  index_t ldc) {
     T acc[MR][NR] = {};
-    for (index_t p = 0; p < kc; ++p, a += MR) {
-      const T* __restrict bp = b.row(p);
+    for (index_t p = 0; p < kc; ++p, a += MR, b += NR) {
       for (int i = 0; i < MR; ++i) {
         const T ai = a[i];
 #pragma omp simd  // along the row: without it GCC vectorizes across rows and drowns in shuffles
-        for (int j = 0; j < NR; ++j) acc[i][j] += ai * bp[j];
+        for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[j];
       }
     }
     for (int i = 0; i < MR; ++i) {
@@ -83,9 +66,8 @@ struct SimdKernel {
   // kept them in two of the 16 ymm registers the tile needs, spilling an accumulator to the stack: a store and a
   // load in every step's chain of FMAs (conv2d's forward took twice as long on AVX2). A call per tile costs
   // nothing against its kc steps.
-  template <class Sliver>
-  __attribute__((noinline)) static void run(index_t kc, T alpha, const T* __restrict a, Sliver b, T beta,
-                                            T* __restrict c, index_t ldc) {
+  __attribute__((noinline)) static void run(index_t kc, T alpha, const T* __restrict a, const T* __restrict b,
+                                            T beta, T* __restrict c, index_t ldc) {
     // C's tile is read and written only after the loop over p: ask for its lines now, so their misses (C is
     // rarely in L1 or L2) overlap the kc steps of FMAs instead of stalling the stores at the end (~10% on 512^3).
 #pragma GCC unroll 32
@@ -100,11 +82,10 @@ struct SimdKernel {
       for (int v = 0; v < NV; ++v) acc[i][v] = Simd::zero();
     }
 #pragma GCC unroll 2
-    for (index_t p = 0; p < kc; ++p, a += MR) {
-      const T* bp = b.row(p);
+    for (index_t p = 0; p < kc; ++p, a += MR, b += nr) {
       V bv[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) bv[v] = Simd::loadu(bp + v * Simd::lanes);
+      for (int v = 0; v < NV; ++v) bv[v] = Simd::loadu(b + v * Simd::lanes);
 #pragma GCC unroll 32
       for (int i = 0; i < MR; ++i) {
         const V ai = Simd::set1(a[i]);
