@@ -418,22 +418,23 @@ void forward_block(const Conv2dShape& s, const T* x, index_t i0, index_t i1, con
 }
 
 // One image's share of the backward:
-//   grad_weight^T (C KH KW x O) = beta grad_weight^T + cols_n grad_out_n^T
+//   grad_weight (O x C KH KW) = beta grad_weight + grad_out_n cols_n^T
 //   grad_x_n = col2im(W^T grad_out_n), or W' (*) grad_out_n on the shifted path   (overwritten)
-// with W^T or W' packed once for all images (backward_weight). The weight's gradient is summed transposed: so
-// the large operand, cols, is GEMM's A, packed from contiguous rows, and the small one, grad_out's O rows, is B.
-// A null image_grad (then grad_x_weight too) or grad_weight_t: that gradient is not computed.
+// with W^T or W' packed once for all images (backward_weight). In grad_weight's product grad_out's O rows are
+// GEMM's A (whole 4-row tiles for a U-Net's channel counts) and cols^T its B, packed from cols' contiguous rows
+// by 8 x 8 transposes. A null image_grad (then grad_x_weight too) or grad_weight: that gradient is not computed.
 template <typename T>
 void backward_image(const Conv2dShape& s, const T* grad_out, const T* image, const PackedA<T>* grad_x_weight,
-                    T* image_grad, T* grad_weight_t, T beta, bool shifted, int threads) {
+                    T* image_grad, T* grad_weight, T beta, bool shifted, int threads) {
   const index_t ckk = s.c * s.kh * s.kw, positions = s.ho * s.wo;
   if (shifted || is_pointwise(s)) {
-    if (grad_weight_t && shifted) {
-      gemm(ckk, s.o, positions, T(1), shifted_rows(s, image, s.c), row_major(grad_out, positions, true), beta,
-           OutMatrix<T>{grad_weight_t, s.o}, threads);
-    } else if (grad_weight_t) {
-      gemm<T>(false, true, ckk, s.o, positions, T(1), image, positions, grad_out, positions, beta, grad_weight_t,
-              s.o, threads);
+    if (grad_weight && shifted) {
+      const RowTable<T> cols = shifted_rows(s, image, s.c);
+      gemm(s.o, ckk, positions, T(1), row_major(grad_out, positions), ColumnTable<T>{cols.rows, cols.col0}, beta,
+           OutMatrix<T>{grad_weight, ckk}, threads);
+    } else if (grad_weight) {
+      gemm<T>(false, true, s.o, ckk, positions, T(1), grad_out, positions, image, positions, beta, grad_weight, ckk,
+              threads);
     }
     if (image_grad && shifted) {
       gemm(*grad_x_weight, positions, T(1), shifted_rows(s, grad_out, s.o), T(0),
@@ -445,15 +446,15 @@ void backward_image(const Conv2dShape& s, const T* grad_out, const T* image, con
     return;
   }
   const RowChunks chunks = row_chunks(s);
-  T* cols = grad_weight_t ? scratch<T, Scratch::cols>().get(ckk * chunks.rows * s.wo) : nullptr;
+  T* cols = grad_weight ? scratch<T, Scratch::cols>().get(ckk * chunks.rows * s.wo) : nullptr;
   T* grad_cols = image_grad ? scratch<T, Scratch::grad_cols>().get(ckk * chunks.rows * s.wo) : nullptr;
   if (image_grad) std::fill(image_grad, image_grad + s.c * s.h * s.w, T(0));
   for (index_t y0 = 0; y0 < s.ho; y0 += chunks.rows) {
     const index_t y1 = std::min(s.ho, y0 + chunks.rows), q = (y1 - y0) * s.wo;
     const T* grad_out_chunk = grad_out + y0 * s.wo;  // (O x q), leading dimension HO WO
-    if (grad_weight_t) {
+    if (grad_weight) {
       im2col(s, image, y0, y1, cols, q);
-      gemm<T>(false, true, ckk, s.o, q, T(1), cols, q, grad_out_chunk, positions, beta, grad_weight_t, s.o, threads);
+      gemm<T>(false, true, s.o, ckk, q, T(1), grad_out_chunk, positions, cols, q, beta, grad_weight, ckk, threads);
       beta = T(1);
     }
     if (image_grad) {
@@ -465,15 +466,15 @@ void backward_image(const Conv2dShape& s, const T* grad_out, const T* image, con
 }
 
 // The same for images [i0, i1) side by side: grad_out's images gathered into one (O x B P), then one product
-// for grad_weight^T, one for the block's grad_cols, and col2im image by image.
+// for grad_weight, one for the block's grad_cols, and col2im image by image.
 template <typename T>
 void backward_block(const Conv2dShape& s, const T* grad_out, const T* x, index_t i0, index_t i1,
-                    const PackedA<T>* grad_x_weight, T* grad_x, T* grad_weight_t, T beta, bool shifted, int threads) {
+                    const PackedA<T>* grad_x_weight, T* grad_x, T* grad_weight, T beta, bool shifted, int threads) {
   const index_t ckk = s.c * s.kh * s.kw, positions = s.ho * s.wo, width = (i1 - i0) * positions;
   const index_t image_in = s.c * s.h * s.w;
   if (i1 - i0 == 1) {
     return backward_image(s, grad_out + i0 * s.o * positions, x + i0 * image_in, grad_x_weight,
-                          grad_x ? grad_x + i0 * image_in : nullptr, grad_weight_t, beta, shifted, threads);
+                          grad_x ? grad_x + i0 * image_in : nullptr, grad_weight, beta, shifted, threads);
   }
   T* grad_block = scratch<T, Scratch::gathered>().get(s.o * width);
   for (index_t i = i0; i < i1; ++i) {
@@ -482,10 +483,10 @@ void backward_block(const Conv2dShape& s, const T* grad_out, const T* x, index_t
       std::copy(src, src + positions, grad_block + o * width + (i - i0) * positions);
     }
   }
-  if (grad_weight_t) {
+  if (grad_weight) {
     T* cols = scratch<T, Scratch::cols>().get(ckk * width);
     for (index_t i = i0; i < i1; ++i) im2col(s, x + i * image_in, 0, s.ho, cols + (i - i0) * positions, width);
-    gemm<T>(false, true, ckk, s.o, width, T(1), cols, width, grad_block, width, beta, grad_weight_t, s.o, threads);
+    gemm<T>(false, true, s.o, ckk, width, T(1), grad_block, width, cols, width, beta, grad_weight, ckk, threads);
   }
   if (grad_x) {
     T* grad_cols = scratch<T, Scratch::grad_cols>().get(ckk * width);
@@ -521,7 +522,7 @@ void conv2d_backward(const Conv2dShape& s, const T* grad_out, const T* x, const 
   const bool shifted = uses_shifted_rows(s, blocks.images);
   std::optional<PackedA<T>> grad_x_weight;
   if (grad_x) grad_x_weight.emplace(backward_weight(s, weight, shifted));
-  // grad_weight's partial sums, each (C KH KW x O), transposed
+  // grad_weight's partial sums, each (O x C KH KW)
   T* partials = grad_weight ? scratch<T, Scratch::partials>().get(blocks.groups * weight_size) : nullptr;
   const ThreadSplit split = split_threads(s, threads, blocks.groups);
   parallel_for(split.outer, blocks.groups, [&](index_t g) {
@@ -533,15 +534,15 @@ void conv2d_backward(const Conv2dShape& s, const T* grad_out, const T* x, const 
     });
   });
   if (!grad_weight) return;
-  // grad_weight[o][r] = sum over groups, in group order, of partial[r][o].
+  // grad_weight = the sum of the partials, in group order.
   const int add_threads =
       std::min(split.outer * split.inner, useful_threads(threads, double(blocks.groups) * weight_size));
   parallel_for(add_threads, s.o, [&](index_t o) {
     T* row = grad_weight + o * ckk;
-    for (index_t r = 0; r < ckk; ++r) {
-      T sum = partials[r * s.o + o];
-      for (index_t g = 1; g < blocks.groups; ++g) sum += partials[g * weight_size + r * s.o + o];
-      row[r] = sum;
+    std::copy(partials + o * ckk, partials + (o + 1) * ckk, row);
+    for (index_t g = 1; g < blocks.groups; ++g) {
+      const T* partial = partials + g * weight_size + o * ckk;
+      for (index_t r = 0; r < ckk; ++r) row[r] += partial[r];
     }
   });
 }

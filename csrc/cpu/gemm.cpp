@@ -202,11 +202,17 @@ AlignedBuffer<T>& packed_b_buffer() {
   return buffer;
 }
 
-// Whether a view's rows are contiguous (a RowTable's always are).
+// Whether a view's rows are contiguous (a RowTable's always are), or its columns (a ColumnTable's always are).
 template <typename T>
 bool unit_columns(const MatrixView<T>& v) { return v.cs == 1; }
 template <typename T>
 constexpr bool unit_columns(const RowTable<T>&) { return true; }
+template <typename T>
+constexpr bool unit_columns(const ColumnTable<T>&) { return false; }
+template <typename T>
+bool unit_rows(const MatrixView<T>& v) { return v.rs == 1; }
+template <typename T>
+constexpr bool unit_rows(const ColumnTable<T>&) { return true; }
 
 // A (mc x kc, a view at the block's origin) -> slivers of MR rows: dst[s * MR * kc + p * MR + i] = A(s MR + i, p),
 // zero rows past mc.
@@ -281,11 +287,11 @@ void pack_b(View b, index_t kc, index_t nc, T* __restrict dst) {
   }
   for (index_t j0 = 0; j0 < nc; j0 += NR, dst += NR * kc) {
     const index_t cols = std::min<index_t>(NR, nc - j0);
-    if constexpr (std::is_same_v<View, MatrixView<T>>) {  // columns contiguous (B transposed), or any strides:
-      index_t j = 0;                                         // read down each column
+    if constexpr (!std::is_same_v<View, RowTable<T>>) {  // columns contiguous (B transposed, a ColumnTable), or
+      index_t j = 0;                                        // any strides: read down each column
 #ifdef MINIDIFF_HAS_TRANSPOSE_8X8
       if constexpr (std::is_same_v<T, float> && NR % 8 == 0) {
-        for (; b.rs == 1 && j + 8 <= cols; j += 8) {  // 8 contiguous columns at a time, 8 x 8 transposes
+        for (; unit_rows(b) && j + 8 <= cols; j += 8) {  // 8 contiguous columns at a time, 8 x 8 transposes
           const float* column[8];
           for (int jj = 0; jj < 8; ++jj) column[jj] = b.ptr(0, j0 + j + jj);
           index_t p = 0;
@@ -300,8 +306,7 @@ void pack_b(View b, index_t kc, index_t nc, T* __restrict dst) {
       }
 #endif
       for (; j < cols; ++j) {
-        const T* src = b.ptr(0, j0 + j);
-        for (index_t p = 0; p < kc; ++p) dst[p * NR + j] = src[p * b.rs];
+        for (index_t p = 0; p < kc; ++p) dst[p * NR + j] = b(p, j0 + j);
       }
       for (index_t j = cols; j < NR; ++j) {
         for (index_t p = 0; p < kc; ++p) dst[p * NR + j] = T(0);
@@ -434,7 +439,7 @@ void gemm_v4_packed(index_t m, index_t n, index_t k, T alpha, MatrixView<T> a, M
 }
 
 template <typename T>
-void gemm(index_t m, index_t n, index_t k, T alpha, RowTable<T> a, MatrixView<T> b, T beta, OutMatrix<T> c,
+void gemm(index_t m, index_t n, index_t k, T alpha, MatrixView<T> a, ColumnTable<T> b, T beta, OutMatrix<T> c,
           int threads) {
   packed_gemm(m, n, k, alpha, a, b, beta, c, threads, best_micro_kernel());
 }
@@ -590,7 +595,7 @@ double fma_peak(MicroKernel kernel, bool f64, index_t iterations, int threads) {
   template class PackedA<T>;                                                                                    \
   template void gemm<T>(const PackedA<T>&, index_t, T, MatrixView<T>, T, OutMatrix<T>, int);                     \
   template void gemm<T>(const PackedA<T>&, index_t, T, RowTable<T>, T, OutMatrix<T>, int);                       \
-  template void gemm<T>(index_t, index_t, index_t, T, RowTable<T>, MatrixView<T>, T, OutMatrix<T>, int);
+  template void gemm<T>(index_t, index_t, index_t, T, MatrixView<T>, ColumnTable<T>, T, OutMatrix<T>, int);
 MINIDIFF_GEMM_INSTANCES(float)
 MINIDIFF_GEMM_INSTANCES(double)
 #undef MINIDIFF_GEMM_INSTANCES

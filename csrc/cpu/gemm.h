@@ -43,6 +43,18 @@ struct RowTable {
   RowTable block(index_t i, index_t j) const { return {rows + i, col0 + j}; }
 };
 
+// The transpose of a RowTable: column j is the contiguous array cols[j], from row row0 on. conv2d's weight
+// gradient, grad_W = grad_out cols^T, reads the implicit columns matrix transposed this way.
+template <typename T>
+struct ColumnTable {
+  const T* const* cols;
+  index_t row0 = 0;
+
+  T operator()(index_t i, index_t j) const { return cols[j][row0 + i]; }
+  const T* ptr(index_t i, index_t j) const { return cols[j] + row0 + i; }
+  ColumnTable block(index_t i, index_t j) const { return {cols + j, row0 + i}; }
+};
+
 // op(M) of a row-major matrix with leading dimension ld: M itself, or its transpose (no copy either way).
 template <typename T>
 MatrixView<T> row_major(const T* data, index_t ld, bool transposed = false) {
@@ -126,9 +138,9 @@ void gemm(const PackedA<T>& a, index_t n, T alpha, MatrixView<T> b, T beta, OutM
 template <typename T>
 void gemm(const PackedA<T>& a, index_t n, T alpha, RowTable<T> b, T beta, OutMatrix<T> c, int threads);
 
-// C = alpha A B + beta C (v4, best micro-kernel) for an A given row by row.
+// C = alpha A B + beta C (v4, best micro-kernel) for a B given column by column.
 template <typename T>
-void gemm(index_t m, index_t n, index_t k, T alpha, RowTable<T> a, MatrixView<T> b, T beta, OutMatrix<T> c,
+void gemm(index_t m, index_t n, index_t k, T alpha, MatrixView<T> a, ColumnTable<T> b, T beta, OutMatrix<T> c,
           int threads);
 
 // The floating-point peak of this core for a micro-kernel's instruction set: `iterations` rounds of
