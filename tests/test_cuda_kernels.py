@@ -12,10 +12,16 @@ import pytest
 from backends import require_backend
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_checks import (
+    NAMES,
+    PARAMS,
+    assert_close_with_specials,
+    assert_matches_twin,
+    make_problem,
+    run_group_norm,
+    twin_and_scale,
+)
 from strategies import float_dtypes
-from test_kernels_attention import NAMES, assert_close_with_specials, twin_and_scale
-from test_kernels_group_norm import PARAMS, assert_matches_twin, make_problem
-from test_kernels_group_norm import run as run_group_norm
 
 import minidiff as md
 from minidiff.kernels.attention import CUDA_VERSIONS, attention_backward, attention_forward
