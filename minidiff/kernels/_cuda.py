@@ -8,7 +8,9 @@ emulated run checks exactly the indexing and launch configuration the GPU would 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,22 @@ def launch(
     function(grid, block, device_args, shared_mem=shared_mem)
     for i in writes:
         to_host(device_args[i], args[i])
+
+
+EMULATOR_SCHEDULES = ("round_robin", "run_ahead")
+
+
+@contextlib.contextmanager
+def emulator_schedule(schedule: str) -> Iterator[None]:
+    """Within the block, cuda-emu launches run with `schedule`, one of EMULATOR_SCHEDULES: where the threads a
+    barrier or warp intrinsic releases rejoin the ready ones, behind them (round_robin, the default) or in front
+    (run_ahead: a warp runs on to the next barrier before the other warps start; csrc/include/minidiff/cuda_emu.h)."""
+    emu = _backend.extension().cuda_emu
+    before = emu.set_schedule(schedule)
+    try:
+        yield
+    finally:
+        emu.set_schedule(before)
 
 
 def to_device(backend: str, a: Any) -> Any:
