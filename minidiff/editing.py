@@ -34,7 +34,6 @@ whose timesteps are the tail of the run (`_run_from`), as diffusers' `set_begin_
 
 from __future__ import annotations
 
-import copy
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -155,10 +154,7 @@ def _run_from(sampler: Sampler, begin: int) -> tuple[Sampler, np.ndarray]:
     timesteps, sigmas = sampler.timesteps, sampler.sigmas
     while begin + 1 < len(timesteps) and (timesteps[begin + 1], sigmas[begin + 1]) == (timesteps[begin], sigmas[begin]):
         begin += 1
-    run = copy.copy(sampler)  # even for the whole run: the sampler may hold the state of an earlier one
-    run._timesteps, run._sigmas = timesteps[begin:], sigmas[begin:]
-    run._step_index = None
-    run._reset_state()
+    run = sampler.run_from(begin)  # a copy even for the whole run: the sampler may hold the state of an earlier one
     return run, run.timesteps
 
 

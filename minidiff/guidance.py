@@ -63,7 +63,7 @@ from minidiff import functional as F
 from minidiff.autodiff.tensor import Tensor, enable_grad, no_grad
 from minidiff.diffusion import _validate as _v
 from minidiff.diffusion.forward import q_sample
-from minidiff.diffusion.parameterization import PREDICTION_TYPES
+from minidiff.diffusion.parameterization import PREDICTION_TYPES, output_reading
 from minidiff.diffusion.schedules import NoiseSchedule
 from minidiff.exercise_tools import exercise
 from minidiff.nn.classifier import NoisyClassifier
@@ -353,26 +353,6 @@ class _VPCoefficients:
         return self.schedule.sqrt_alpha_bars[t], self.schedule.sqrt_one_minus_alpha_bars[t]
 
 
-def _to_eps(output: np.ndarray, x: np.ndarray, a: np.ndarray, b: np.ndarray, prediction_type: str) -> np.ndarray:
-    """[E13][E14] The eps a model output implies at x_t = x: itself, (x - a x0) / b, or b x + a v."""
-    a, b = _per_example_shape(a, x), _per_example_shape(b, x)
-    if prediction_type == "epsilon":
-        return output
-    if prediction_type == "sample":
-        return (x - a * output) / b
-    return b * x + a * output
-
-
-def _from_eps(eps: np.ndarray, x: np.ndarray, a: np.ndarray, b: np.ndarray, prediction_type: str) -> np.ndarray:
-    """[E13][E14] The output of `prediction_type` with that eps: eps, x0 = (x - b eps) / a, or v = (eps - b x) / a."""
-    a, b = _per_example_shape(a, x), _per_example_shape(b, x)
-    if prediction_type == "epsilon":
-        return eps
-    if prediction_type == "sample":
-        return (x - b * eps) / a
-    return (eps - b * x) / a
-
-
 class _ClassifierGuided:
     """model(x, t) = the classifier-guided prediction (see `classifier_guided`)."""
 
@@ -393,9 +373,10 @@ class _ClassifierGuided:
         output = _output(self.model(x, t), x.shape, "an output")
         grad = _output(self.grad_log_p(x, t, labels), x.shape, "a gradient (classifier)")
         a, b = self.coefficients(t)  # (B,), (B,)
-        eps = _to_eps(output, x, a, b, self.prediction_type)
+        reading = output_reading(_per_example_shape(a, x), _per_example_shape(b, x), self.prediction_type)
+        eps = reading.e_x * x + reading.e_out * output  # [E13][E14] the eps the output implies
         eps = classifier_guided_eps(eps, grad.astype(x.dtype, copy=False), b, self.scale)  # exercise 8.2
-        return _from_eps(eps, x, a, b, self.prediction_type).astype(x.dtype, copy=False)
+        return ((eps - reading.e_x * x) / reading.e_out).astype(x.dtype, copy=False)  # the output that eps means
 
 
 def classifier_guided(model: Model, classifier: Any, labels: Any, schedule: NoiseSchedule, *, scale: float = 1.0,

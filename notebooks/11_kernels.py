@@ -731,7 +731,10 @@ for name in [b for b in ("cpp", "cuda-emu") if md.backend.why_unavailable(b) == 
 # `__shared__` arrays (static or sized at launch) belong to the running block, and `atomicAdd` is there for
 # reductions across blocks. A kernel whose threads wait for each other forever, or that calls `__syncthreads()`
 # from only part of a block, stops with an error naming the block, where a GPU would hang or silently compute
-# garbage. It checks indexing, tiling and synchronization, not speed.
+# garbage. It checks indexing, tiling and synchronization, not speed. Which waiting thread goes on first is the
+# emulator's choice: by default every ready thread runs to its next barrier or warp intrinsic in turn, while
+# `_cuda.emulator_schedule("run_ahead")` lets a warp run on to the next barrier before the other warps start, so
+# that a warp overwriting shared memory another has yet to read gives a wrong result (the tests run both ways).
 # `minidiff.kernels._cuda.launch` takes the same grid, block and arguments on a GPU and on the emulator.
 #
 # The sampler step kernel gives each thread every `gridDim.x * blockDim.x`-th element, a *grid-stride loop*, so

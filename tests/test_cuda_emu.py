@@ -15,6 +15,7 @@ from strategies import float_arrays, float_dtypes
 from tolerances import assert_close
 
 import minidiff as md
+from minidiff.kernels._cuda import EMULATOR_SCHEDULES, emulator_schedule
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +69,7 @@ def test_row_sum_checks_its_launch_and_sizes(emu):
 # --- warp shuffles: the row sums by shuffles, and each shuffle against its definition ---------------------------
 
 
+@pytest.mark.parametrize("schedule", EMULATOR_SCHEDULES)
 @given(
     dtype=float_dtypes,
     rows=st.integers(0, 9),
@@ -76,12 +78,14 @@ def test_row_sum_checks_its_launch_and_sizes(emu):
     grid=st.integers(1, 12),
     data=st.data(),
 )
-def test_row_sum_by_warp_shuffles_matches_numpy(emu, dtype, rows, cols, warps, grid, data):
+def test_row_sum_by_warp_shuffles_matches_numpy(emu, schedule, dtype, rows, cols, warps, grid, data):
     """block_sum of minidiff/device.h: butterflies of __shfl_xor_sync within warps, one partial per warp through
-    dynamic shared memory sized by the launch (shared_mem), on whole warps only."""
+    dynamic shared memory sized by the launch (shared_mem), on whole warps only. A block sums a row after another
+    into the same partials: under run_ahead, they would be overwritten early without block_sum's last barrier."""
     x = data.draw(float_arrays(dtype, (rows, cols)))
     out = np.full(rows, np.nan, dtype)
-    emu.row_sum_warp_kernel((grid,), (32 * warps,), x, out, rows, cols, shared_mem=warps * x.itemsize)
+    with emulator_schedule(schedule):
+        emu.row_sum_warp_kernel((grid,), (32 * warps,), x, out, rows, cols, shared_mem=warps * x.itemsize)
     assert_close(out, x.astype(np.float64).sum(axis=1), dtype=dtype, scale=np.abs(x).sum(axis=1) + 1.0)
 
 
@@ -230,6 +234,32 @@ def test_a_missing_barrier_gives_a_wrong_result(emu, shift):
     x = rng.permutation(grid * block).astype(np.int32) + grid * block  # values no earlier launch left behind
     emu.neighbour_kernel((grid,), (block,), x, shift, 0, out)
     assert not np.array_equal(out, expected_of(x))
+
+
+@pytest.mark.parametrize("warps", [2, 3, 32])
+def test_run_ahead_catches_a_warp_overwriting_what_another_has_yet_to_read(emu, warps):
+    """Warps hand values on through shared memory twice. Without a barrier between the reads of the first round and
+    the writes of the second, a GPU may let one warp overwrite its slot before the warp before it has read it. In
+    round_robin every thread reads before any warp gets past its shuffle, so only run_ahead shows the bug."""
+    grid, block = 2, 32 * warps
+    x = np.arange(grid * block, dtype=np.int32)
+    warp_first = x.reshape(grid, warps, 32)[:, :, :1]  # (grid, warps, 1): lane 0's value of each warp
+    expected = np.broadcast_to(np.roll(warp_first, -2, axis=1), (grid, warps, 32)).ravel()  # two warps on
+    for schedule in EMULATOR_SCHEDULES:
+        for sync in (1, 0):
+            out = np.zeros_like(x)
+            with emulator_schedule(schedule):
+                emu.handoff_kernel((grid,), (block,), x, sync, out)
+            right = np.array_equal(out, expected)
+            assert right == (sync or schedule == "round_robin"), f"{schedule}, sync={sync}: right={right}"
+
+
+def test_the_schedule_is_checked_and_restored(emu):
+    with emulator_schedule("run_ahead"):
+        with pytest.raises(ValueError, match="schedule: expected 'round_robin' or 'run_ahead', got 'random'"):
+            emu.set_schedule("random")
+        assert emu.set_schedule("run_ahead") == "run_ahead"
+    assert emu.set_schedule("round_robin") == "round_robin"  # the default, back
 
 
 MISUSES = [

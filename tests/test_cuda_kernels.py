@@ -12,12 +12,19 @@ import pytest
 from backends import require_backend
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kernel_checks import (
+    NAMES,
+    PARAMS,
+    assert_close_with_specials,
+    assert_matches_twin,
+    make_problem,
+    run_group_norm,
+    twin_and_scale,
+)
 from strategies import float_dtypes
-from test_kernels_attention import NAMES, assert_close_with_specials, twin_and_scale
-from test_kernels_group_norm import PARAMS, assert_matches_twin, make_problem
-from test_kernels_group_norm import run as run_group_norm
 
 import minidiff as md
+from minidiff.kernels._cuda import EMULATOR_SCHEDULES, emulator_schedule
 from minidiff.kernels.attention import CUDA_VERSIONS, attention_backward, attention_forward
 
 WARP = 32
@@ -68,15 +75,17 @@ def run_attention(version, q, k, v, mask, scale, grad_out):
         return forward, attention_backward(grad_out, q, k, v, mask, forward, scale, version=version)
 
 
+@pytest.mark.parametrize("schedule", EMULATOR_SCHEDULES)
 @pytest.mark.parametrize("version", CUDA_VERSIONS)
 @settings(max_examples=25)
 @given(problem=attention_problems())
-def test_attention_versions_equal_the_twin_under_emulation(version, problem):
+def test_attention_versions_equal_the_twin_under_emulation(version, schedule, problem):
     """[E45] out, lse and the three gradients of every CUDA version, NaN where the twin has NaN (rows with no key),
-    0 for Lk = 0."""
+    0 for Lk = 0; under both schedules of the emulator (run_ahead: a warp passes the others between barriers)."""
     q, k, v, mask, scale, grad_out = problem
     expected, scales = twin_and_scale(q, k, v, mask, scale, grad_out)
-    forward, grads = run_attention(version, q, k, v, mask, scale, grad_out)
+    with emulator_schedule(schedule):
+        forward, grads = run_attention(version, q, k, v, mask, scale, grad_out)
     assert forward.probs is None
     for name, got, e, s in zip(NAMES, (forward.out, forward.lse, *grads), expected, scales, strict=True):
         assert_close_with_specials(got, e, s, q.dtype, f"v{version} {name}:")
@@ -172,11 +181,14 @@ def group_norm_problems(draw):
                         offset=draw(st.floats(-3, 3)), per_sample_4d=draw(st.booleans()))
 
 
+@pytest.mark.parametrize("schedule", EMULATOR_SCHEDULES)
 @settings(max_examples=30)
 @given(p=group_norm_problems())
-def test_group_norm_equals_the_twin_under_emulation(p):
-    """[E44] y, the statistics, and the gradients of x, weight, bias, scale and shift."""
-    assert_matches_twin(run_group_norm("cuda-emu", p), p, "cuda-emu ")
+def test_group_norm_equals_the_twin_under_emulation(schedule, p):
+    """[E44] y, the statistics, and the gradients of x, weight, bias, scale and shift; under both schedules of the
+    emulator (run_ahead: a warp passes the others between barriers, as block_sum's last barrier must prevent)."""
+    with emulator_schedule(schedule):
+        assert_matches_twin(run_group_norm("cuda-emu", p), p, f"cuda-emu {schedule} ")
 
 
 def test_group_norm_statistics_of_a_large_offset():

@@ -20,6 +20,8 @@ import minidiff as md
 import minidiff.functional as F
 from minidiff import backend, nn, optim
 from minidiff.autodiff import ops
+from minidiff.kernels import _cuda
+from minidiff.kernels.gemm import gemm
 from minidiff.samplers import DDIMSampler
 
 UNET = dict(sample_size=8, in_channels=2, out_channels=2, block_out_channels=(8, 16), layers_per_block=1,
@@ -158,6 +160,31 @@ def test_module_to_moves_parameters_buffers_and_gradients_and_back(cp):
         assert_close(array, before[name] + 1, what=name)
     with pytest.raises(ValueError, match="device: expected 'cpu' or 'cuda'"):
         model.to("gpu")
+
+
+def test_launch_copies_back_exactly_the_arguments_named_in_writes(cp):
+    """The emulator runs a kernel on host copies of device arrays; launch copies back the positions in `writes`
+    and no others. So a wrapper that leaves out an output reads stale values here, as NumPy callers would on a GPU
+    (where the copies go the other way)."""
+    x, eps = cp.asarray(np.arange(5.0, dtype=np.float32)), cp.asarray(np.full(5, 2.0, np.float32))
+    coefs = np.float32(1), np.float32(-1), *(np.float32(0),) * 5  # out = x - eps: c_x, c_eps, c_z, c_x0, r_x, ...
+    for writes, expected in (((3,), np.arange(5.0) - 2.0), ((), np.full(5, 7.0))):
+        out = cp.asarray(np.full(5, 7.0, np.float32))
+        args = (x, eps, x, out, np.int64(5), *coefs, np.int32(0), np.int32(0))  # no z (x in its place), no clip
+        _cuda.launch("cuda-emu", "sampler_step.cu", "sampler_step_kernel<float>", *_cuda.launch_config_1d(5), args,
+                     writes=writes)
+        np.testing.assert_array_equal(cp.asnumpy(out), expected, err_msg=f"writes={writes}")
+    np.testing.assert_array_equal(cp.asnumpy(x), np.arange(5.0))  # the inputs, read only, as they were
+
+
+def test_gemm_kernel_on_device_arrays_matches_numpy(cp):
+    """The one CUDA kernel the models above do not run (md.Tensor's matmul is the array library's): out is written
+    in place on the device, C = alpha A B + beta C."""
+    rng = np.random.default_rng(7)
+    a, b, c = rng.standard_normal((5, 3)), rng.standard_normal((3, 4)), rng.standard_normal((5, 4))
+    out = cp.asarray(c)
+    assert gemm(cp.asarray(a), cp.asarray(b), out, alpha=2.0, beta=0.5) is out
+    assert_close(cp.asnumpy(out), 2.0 * a @ b + 0.5 * c, what="C")
 
 
 def test_the_fake_refuses_host_round_trips(cp, monkeypatch):

@@ -12,7 +12,16 @@ import pytest
 from backends import require_backend
 from hypothesis import given
 from hypothesis import strategies as st
-from kernel_checks import assert_clear_error, autodiff_tests, bad_calls, ones, same_on_every_thread_count
+from kernel_checks import (
+    NAMES,
+    assert_clear_error,
+    assert_close_with_specials,
+    autodiff_tests,
+    bad_calls,
+    ones,
+    same_on_every_thread_count,
+    twin_and_scale,
+)
 from op_cases import Case
 from strategies import float_dtypes, in_layout, layouts
 from tolerances import Tol, assert_close
@@ -24,18 +33,12 @@ from minidiff.kernels import softmax as sm
 from minidiff.kernels.attention import (
     AttentionForward,
     attention_backward,
-    attention_backward_ref,
     attention_forward,
-    attention_forward_ref,
 )
 
 QUERY_TILE, KEY_TILE = 64, 128  # csrc/cpu/attention.cpp's tiles: the sides below cross them
 SIDES = st.sampled_from([0, 1, 2, 3, 5, 7, 13, 64, 67, 131, 257])
 FEATURES = st.sampled_from([0, 1, 3, 8, 17, 33])
-
-
-def swap(a):
-    return np.swapaxes(a, -1, -2)
 
 
 @st.composite
@@ -70,46 +73,6 @@ def attention_problems(draw):
     scale = draw(st.sampled_from([1 / np.sqrt(max(d, 1)), -0.7, 0.0, 2.5]))
     grad_out = draw_array(np.broadcast_shapes(batch, kv_batch, () if mask is None else mask.shape[:-2]) + (lq, dv))
     return q, k, v, mask, scale, grad_out
-
-
-def twin_and_scale(q, k, v, mask, scale, grad_out):
-    """The float64 NumPy twin's (out, lse, grad_q, grad_k, grad_v) on the very inputs, and each one's rounding scale.
-
-    A score s_ij is a sum of D products, off by about u sum_p |q_ip k_jp| |scale| <= u R_i, R_i the row's largest
-    such sum; so every probability of row i is off by about u (1 + R_i) relative, and so is everything made from
-    them: out = P V by u (1 + R) P |V|, the gradients likewise through dS = P (dP - D), |dP - D| <= |dO| |V|^T +
-    |dO| |O|. The twin's float64 has the same error 2^29 times smaller."""
-    q, k, v, g = (a.astype(np.float64) for a in (q, k, v, grad_out))
-    out, probs = attention_forward_ref(q, k, v, mask, scale)
-    grads = attention_backward_ref(g, q, k, v, probs, scale)
-    scores = (q @ swap(k)) * scale
-    if mask is not None:
-        scores = np.where(mask, scores, -np.inf)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        top = np.max(scores, axis=-1, keepdims=True, initial=-np.inf)
-        lse = (np.where(np.isfinite(top), top, 0) + np.log(np.sum(np.exp(scores - np.where(np.isfinite(top), top, 0)),
-                                                                      axis=-1, keepdims=True)))[..., 0]
-    row = 1 + np.max((np.abs(q) @ swap(np.abs(k))) * abs(scale), axis=-1, keepdims=True, initial=0.0)  # (..., Lq, 1)
-    p = np.nan_to_num(probs) * row  # probabilities times their relative error, in units of u
-    g_abs, d_term = np.abs(g), np.sum(np.abs(g) * np.nan_to_num(np.abs(out)), axis=-1, keepdims=True)
-    ds = p * (g_abs @ swap(np.abs(v)) + d_term)  # (..., Lq, Lk)
-    scales = (p @ np.abs(v), row[..., 0] + np.log(max(k.shape[-2], 1)), abs(scale) * (ds @ np.abs(k)),
-              abs(scale) * (swap(ds) @ np.abs(q)), swap(p) @ g_abs)
-    return (out, lse, *grads), scales
-
-
-def assert_close_with_specials(got, expected, scale, dtype, what):
-    """NaN and infinities where the twin has them, the finite values within the table's tolerance."""
-    assert got.dtype == dtype, f"{what} dtype {got.dtype}"
-    got, expected = np.asarray(got), np.broadcast_to(expected, np.shape(got))
-    special = ~np.isfinite(expected)
-    np.testing.assert_array_equal(np.where(special, got, 0), np.where(special, expected, 0),
-                                  err_msg=f"{what}: NaN and infinities where the twin has them")
-    assert_close(np.where(special, 0, got), np.where(special, 0, expected), dtype=dtype,
-                 scale=np.where(special, 0, np.broadcast_to(scale, got.shape)), what=what)
-
-
-NAMES = ("out", "lse", "grad_q", "grad_k", "grad_v")
 
 
 def run(backend, q, k, v, mask, scale, grad_out):

@@ -14,9 +14,21 @@ import pytest
 from backends import require_backend
 from hypothesis import given
 from hypothesis import strategies as st
-from kernel_checks import assert_clear_error, autodiff_tests, bad_calls, same_on_every_thread_count
+from kernel_checks import (
+    GRADS,
+    PARAMS,
+    arguments,
+    assert_clear_error,
+    assert_matches_twin,
+    autodiff_tests,
+    bad_calls,
+    group_mean,
+    make_problem,
+    run_group_norm,
+    same_on_every_thread_count,
+)
 from op_cases import Case
-from strategies import float_dtypes, in_layout, layouts
+from strategies import float_dtypes, layouts
 from tolerances import Tol, assert_close
 
 import minidiff as md
@@ -24,27 +36,9 @@ import minidiff.functional as F
 from minidiff.autodiff import Tensor
 from minidiff.kernels.group_norm import (
     group_norm_backward,
-    group_norm_backward_ref,
     group_norm_forward,
-    group_norm_forward_ref,
 )
 from minidiff.nn.unet import adaptive_group_norm
-
-PARAMS = ("weight", "bias", "scale", "shift")
-GRADS = ("grad_x", "grad_weight", "grad_bias", "grad_scale", "grad_shift")
-
-
-def make_problem(rng, dtype, x_shape, num_groups, present=PARAMS, activation="silu", eps=1e-5, spread=1.0,
-                 offset=0.0, per_sample_4d=False):
-    """x, the optional inputs named in `present` (the others None), and an upstream gradient, as a dict."""
-    n, c = x_shape[:2]
-    per_sample = (n, c, *(1,) * (len(x_shape) - 2)) if per_sample_4d else (n, c)
-    shapes = {"weight": (c,), "bias": (c,), "scale": per_sample, "shift": per_sample}
-    p = {"x": (offset + spread * rng.standard_normal(x_shape)).astype(dtype), "num_groups": num_groups,
-         "eps": eps, "activation": activation, "grad_y": rng.standard_normal(x_shape).astype(dtype)}
-    for name in PARAMS:
-        p[name] = (0.5 * rng.standard_normal(shapes[name])).astype(dtype) if name in present else None
-    return p
 
 
 @st.composite
@@ -61,99 +55,19 @@ def problems(draw):
                         offset=draw(st.floats(-3, 3)), per_sample_4d=draw(st.booleans()))
 
 
-def arguments(p, layout="c"):
-    """The kernels' positional arguments after x and num_groups, each array in `layout`."""
-    return [None if p[k] is None else in_layout(p[k], layout) for k in PARAMS]
-
-
-def run(backend, p, layout="c"):
-    """(y, mean, rstd, grad_x, grad_weight, grad_bias, grad_scale, grad_shift) on `backend`, inputs in `layout`."""
-    x, grad_y = in_layout(p["x"], layout), in_layout(p["grad_y"], layout)
-    weight, bias, scale, shift = arguments(p, layout)
-    with md.use_backend(backend):
-        y, mean, rstd = group_norm_forward(x, p["num_groups"], weight, bias, p["eps"], scale, shift, p["activation"])
-        grads = group_norm_backward(grad_y, x, mean, rstd, p["num_groups"], weight, bias, scale, shift,
-                                    p["activation"])
-    return y, mean, rstd, *grads
-
-
-def twin64(p):
-    """The float64 twin on the very inputs: (y, mean, rstd, *grads)."""
-    x, grad_y = (p[k].astype(np.float64) for k in ("x", "grad_y"))
-    weight, bias, scale, shift = (None if p[k] is None else p[k].astype(np.float64) for k in PARAMS)
-    y, mean, rstd = group_norm_forward_ref(x, p["num_groups"], weight, bias, p["eps"], scale, shift, p["activation"])
-    grads = group_norm_backward_ref(grad_y, x, mean, rstd, p["num_groups"], weight, bias, scale, shift,
-                                    p["activation"])
-    return y, mean, rstd, *grads
-
-
-def group_rows(a, num_groups):
-    """a (N, C, *) as (N G, M): one row per group of each sample (also for N = 0)."""
-    return a.reshape(a.shape[0] * num_groups, math.prod(a.shape[1:]) // num_groups)
-
-
-def group_mean(a, num_groups):
-    """Each group's mean of a (N, C, *), broadcast back to a's shape."""
-    rows = group_rows(a, num_groups)
-    return np.broadcast_to(rows.sum(axis=1, keepdims=True) / max(rows.shape[1], 1), rows.shape).reshape(a.shape)
-
-
-def rounding_scales(p, mean, rstd):
-    """Per output, the magnitudes its rounding error is proportional to: each sum with its terms' absolute values.
-    x - mean is computed with one rounding relative to itself (both paths take the statistics in float64; the C++
-    kernel splits the mean in two floats), not with the rounding of |x| and |mean|. SiLU's derivative is at most 1.1
-    in magnitude, its second derivative at most 0.5 (how z's rounding moves dz)."""
-    x, g = p["x"].astype(np.float64), p["num_groups"]
-    n, c = x.shape[:2]
-    per_channel, per_sample = (1, c, *(1,) * (x.ndim - 2)), (n, c, *(1,) * (x.ndim - 2))
-
-    def magnitude(name, absent, shape):
-        return np.full(shape, absent) if p[name] is None else np.abs(p[name].astype(np.float64)).reshape(shape)
-
-    w, b = magnitude("weight", 1.0, per_channel), magnitude("bias", 0.0, per_channel)
-    gain, shift = 1 + magnitude("scale", 0.0, per_sample), magnitude("shift", 0.0, per_sample)
-    rows, mean_rows, rstd_rows = group_rows(x, g), mean.reshape(-1, 1), rstd.reshape(-1, 1)
-    x_hat = np.abs(rows - mean_rows) * rstd_rows
-    x_hat, r = x_hat.reshape(x.shape), np.broadcast_to(rstd_rows, rows.shape).reshape(x.shape)
-    u = x_hat * w + b
-    z = u * gain + shift
-    dz = 1.1 * np.abs(p["grad_y"].astype(np.float64)) * (1 + z)
-    g_hat = dz * w * gain  # the gradient of x_hat
-    spatial, batch = tuple(range(2, x.ndim)), (0, *range(2, x.ndim))
-    return {"y": z, "grad_x": r * (g_hat + group_mean(g_hat, g) + x_hat * group_mean(g_hat * x_hat, g)),
-            "grad_weight": (dz * gain * x_hat).sum(axis=batch), "grad_bias": (dz * gain).sum(axis=batch),
-            "grad_scale": (dz * u).sum(axis=spatial), "grad_shift": dz.sum(axis=spatial)}
-
-
-def assert_matches_twin(got, p, what=""):
-    """got = run(...) against the float64 twin on the same inputs, each output to its rounding scale."""
-    expected = twin64(p)
-    scales = rounding_scales(p, expected[1], expected[2])
-    dtype = p["x"].dtype
-    for name, g, e in zip(("y", *GRADS), (got[0], *got[3:]), (expected[0], *expected[3:]), strict=True):
-        if e is None:
-            assert g is None, f"{what}{name}: expected None (no such input), got an array"
-            continue
-        assert g.dtype == dtype and g.shape == e.shape, f"{what}{name}: {g.dtype} {g.shape}, expected {e.shape}"
-        assert_close(g, e, dtype=dtype, scale=scales[name].reshape(e.shape), what=f"{what}{name}:")
-    largest = np.abs(group_rows(p["x"], p["num_groups"])).max(axis=1, initial=0.0).reshape(expected[1].shape)
-    assert_close(got[1], expected[1], dtype=dtype, scale=largest, what=f"{what}mean:")  # 0 for an empty group
-    assert_close(got[2], expected[2], dtype=dtype, what=f"{what}rstd:")  # 1 / sqrt(eps) for an empty group
-
-
 # --- the C++ kernel against the twin ------------------------------------------------------------------------------
 
 
 @given(p=problems(), layout=layouts)
 def test_cpp_equals_the_twin(p, layout):
     require_backend("cpp")
-    assert_matches_twin(run("cpp", p, layout), p)
+    assert_matches_twin(run_group_norm("cpp", p, layout), p)
 
 
 @given(p=problems())
 def test_numpy_path_is_the_twin(p):
     """The dispatch on "numpy" runs the twin itself, in x's dtype but for the statistics and x_hat (float64)."""
-    assert_matches_twin(run("numpy", p), p)
+    assert_matches_twin(run_group_norm("numpy", p), p)
 
 
 EDGE_SHAPES = {
@@ -173,7 +87,7 @@ def test_edge_shapes(name, dtype):
     require_backend("cpp")
     x_shape, groups = EDGE_SHAPES[name]
     p = make_problem(np.random.default_rng(0), dtype, x_shape, groups)
-    assert_matches_twin(run("cpp", p), p, what=f"{name}: ")
+    assert_matches_twin(run_group_norm("cpp", p), p, what=f"{name}: ")
 
 
 # (x shape, groups): each over 2 kParallelGrain numbers, so 2 and 3 threads share the (sample, group) tasks
@@ -185,7 +99,7 @@ def test_result_does_not_depend_on_the_thread_count(x_shape, groups):
     """Bit for bit on 1, 2 and 3 threads (grad_weight and grad_bias add the samples' terms in sample order)."""
     require_backend("cpp")
     p = make_problem(np.random.default_rng(1), np.float32, x_shape, groups)
-    assert_matches_twin(same_on_every_thread_count(lambda: run("cpp", p), ("y", "mean", "rstd", *GRADS)), p)
+    assert_matches_twin(same_on_every_thread_count(lambda: run_group_norm("cpp", p), ("y", "mean", "rstd", *GRADS)), p)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -197,7 +111,7 @@ def test_constant_groups_normalize_to_zero_with_finite_gradients(dtype):
     rng = np.random.default_rng(2)
     p = make_problem(rng, dtype, (2, 6, 4, 3), 3)
     p["x"] = np.repeat(rng.standard_normal((2, 3)) * 100, 2 * 12).reshape(2, 6, 4, 3).astype(dtype)
-    y, mean, rstd, grad_x, grad_weight, *_ = run("cpp", p)
+    y, mean, rstd, grad_x, grad_weight, *_ = run_group_norm("cpp", p)
     weight, bias, scale, shift = (p[k].astype(np.float64) for k in PARAMS)  # (C,), (C,), (N, C), (N, C)
     z = (bias * (1 + scale) + shift)[:, :, None, None]  # (N, C, 1, 1)
     sig = 1 / (1 + np.exp(-z))
@@ -219,7 +133,7 @@ def test_float32_statistics_stay_accurate_at_large_offsets(backend):
     one-pass variance would lose all its digits."""
     require_backend(backend)
     p = make_problem(np.random.default_rng(3), np.float32, (4, 8, 16, 16), 4, offset=1e4)
-    got = run(backend, p)
+    got = run_group_norm(backend, p)
     x = p["x"].astype(np.float64).reshape(16, -1)
     exact_mean = np.array([math.fsum(row) / row.size for row in x])
     exact_var = np.array([math.fsum((row - m) ** 2) / row.size for row, m in zip(x, exact_mean, strict=True)])

@@ -91,6 +91,15 @@ MD_HD md::cuda::Epilogue<T, View> overwrite(View v) {
   return {v, T(1), T(0)};
 }
 
+// The index (i0, i1, i2, i3) of element e of a C-ordered array of shape (d0, d1, d2, d3), i3 fastest.
+struct Index4 {
+  index_t i0, i1, i2, i3;
+};
+
+MD_HD Index4 unravel(index_t e, index_t d1, index_t d2, index_t d3) {
+  return {e / (d1 * d2 * d3), e / (d2 * d3) % d1, e / d3 % d2, e % d3};
+}
+
 __device__ __forceinline__ index_t first_element() { return index_t(blockIdx.x) * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ index_t grid_stride() { return index_t(blockDim.x) * gridDim.x; }
 
@@ -103,7 +112,7 @@ template <typename T>
 __global__ void conv2d_forward_v1_kernel(const T* x, const T* weight, T* out, MD_CONV2D_SIZES) {
   MD_CONV2D_GEOMETRY;
   for (index_t e = first_element(); e < g.n * g.o * g.ho * g.wo; e += grid_stride()) {
-    const index_t xo = e % g.wo, y = e / g.wo % g.ho, oc = e / (g.wo * g.ho) % g.o, img = e / (g.wo * g.ho * g.o);
+    const auto [img, oc, y, xo] = unravel(e, g.o, g.ho, g.wo);
     T acc = T(0);
     for (index_t ch = 0; ch < g.c; ++ch)
       for (index_t i = 0; i < g.kh; ++i)
@@ -118,7 +127,7 @@ template <typename T>
 __global__ void conv2d_grad_weight_v1_kernel(const T* grad_out, const T* x, T* grad_weight, MD_CONV2D_SIZES) {
   MD_CONV2D_GEOMETRY;
   for (index_t e = first_element(); e < g.o * g.c * g.kh * g.kw; e += grid_stride()) {
-    const index_t j = e % g.kw, i = e / g.kw % g.kh, ch = e / (g.kw * g.kh) % g.c, oc = e / (g.kw * g.kh * g.c);
+    const auto [oc, ch, i, j] = unravel(e, g.c, g.kh, g.kw);
     T acc = T(0);
     for (index_t img = 0; img < g.n; ++img)
       for (index_t y = 0; y < g.ho; ++y)
@@ -134,7 +143,7 @@ template <typename T>
 __global__ void conv2d_grad_x_v1_kernel(const T* grad_out, const T* weight, T* grad_x, MD_CONV2D_SIZES) {
   MD_CONV2D_GEOMETRY;
   for (index_t e = first_element(); e < g.n * g.c * g.h * g.w; e += grid_stride()) {
-    const index_t xi = e % g.w, yi = e / g.w % g.h, ch = e / (g.w * g.h) % g.c, img = e / (g.w * g.h * g.c);
+    const auto [img, ch, yi, xi] = unravel(e, g.c, g.h, g.w);
     T acc = T(0);
     for (index_t oc = 0; oc < g.o; ++oc)
       for (index_t i = 0; i < g.kh; ++i)

@@ -61,13 +61,22 @@ Params<T> check_params(const py::object& weight, const py::object& bias, const p
           optional<T>(shift, "shift", present & kShift, {s.n, s.c}), present, act};
 }
 
-// Whole warps, one double of dynamic shared memory per warp (block_sum's partials).
-void check_reduction_launch(const dim3& block, std::size_t shared_mem, const char* kernel) {
-  check_warp_block(block, kernel);
-  const std::size_t needed = block.x / 32 * sizeof(double);
+// The launch of the forward or the backward kernel, checked: whole warps, one double of dynamic shared memory per
+// warp (block_sum's partials), and the sizes.
+struct ReductionLaunch {
+  dim3 grid, block;
+  cpu::GroupNormShape shape;
+};
+
+ReductionLaunch reduction_launch(const py::tuple& grid, const py::tuple& block, std::size_t shared_mem,
+                                 const char* kernel, index_t n, index_t c, index_t g, index_t s) {
+  const dim3 gr = to_dim3(grid, "grid"), bl = to_dim3(block, "block");
+  check_warp_block(bl, kernel);
+  const std::size_t needed = bl.x / 32 * sizeof(double);
   if (shared_mem < needed)
     throw py::value_error(std::string("shared_mem: ") + kernel + " needs " + std::to_string(needed) + " bytes for " +
-                          std::to_string(block.x) + " threads, got " + std::to_string(shared_mem));
+                          std::to_string(bl.x) + " threads, got " + std::to_string(shared_mem));
+  return {gr, bl, shape_of(n, c, g, s)};
 }
 
 }  // namespace
@@ -79,20 +88,18 @@ void register_group_norm(py::module_& m) {
          const py::object& bias, const py::object& scale, const py::object& shift, int present, int act, double eps,
          py::array& y, py::array& mean, py::array& rstd, index_t n, index_t c, index_t g, index_t s,
          std::size_t shared_mem) {
-        const dim3 gr = to_dim3(grid, "grid"), bl = to_dim3(block, "block");
-        check_reduction_launch(bl, shared_mem, "group_norm_forward_kernel");
-        const cpu::GroupNormShape shape = shape_of(n, c, g, s);
+        const ReductionLaunch l = reduction_launch(grid, block, shared_mem, "group_norm_forward_kernel", n, c, g, s);
         check::dispatch_float(x, "x", [&](auto tag) {
           using T = decltype(tag);
           check_shape<T>(x, "x", {n, c, s});
-          const Params<T> p = check_params<T>(weight, bias, scale, shift, present, act, shape);
+          const Params<T> p = check_params<T>(weight, bias, scale, shift, present, act, l.shape);
           T* out = check_output<T>(y, "y", {n, c, s});
           double* pm = check_output<double>(mean, "mean", {n, g});
           double* pr = check_output<double>(rstd, "rstd", {n, g});
           const T* px = static_cast<const T*>(x.data());
           py::gil_scoped_release release;
-          md_emu::launch(gr, bl, shared_mem, group_norm_forward_kernel<T>, px, p.weight, p.bias, p.scale, p.shift,
-                         p.present, p.act, eps, out, pm, pr, n, c, g, s);
+          md_emu::launch(l.grid, l.block, shared_mem, group_norm_forward_kernel<T>, px, p.weight, p.bias, p.scale,
+                         p.shift, p.present, p.act, eps, out, pm, pr, n, c, g, s);
         });
       },
       py::arg("grid"), py::arg("block"), py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("scale"),
@@ -106,16 +113,14 @@ void register_group_norm(py::module_& m) {
          const py::object& scale, const py::object& shift, int present, int act, py::array& grad_x,
          py::array& weight_terms, py::array& bias_terms, const py::object& grad_scale, const py::object& grad_shift,
          index_t n, index_t c, index_t g, index_t s, std::size_t shared_mem) {
-        const dim3 gr = to_dim3(grid, "grid"), bl = to_dim3(block, "block");
-        check_reduction_launch(bl, shared_mem, "group_norm_backward_kernel");
-        const cpu::GroupNormShape shape = shape_of(n, c, g, s);
+        const ReductionLaunch l = reduction_launch(grid, block, shared_mem, "group_norm_backward_kernel", n, c, g, s);
         check::dispatch_float(x, "x", [&](auto tag) {
           using T = decltype(tag);
           check_shape<T>(grad_y, "grad_y", {n, c, s});
           check_shape<T>(x, "x", {n, c, s});
           check_shape<double>(mean, "mean", {n, g});
           check_shape<double>(rstd, "rstd", {n, g});
-          const Params<T> p = check_params<T>(weight, bias, scale, shift, present, act, shape);
+          const Params<T> p = check_params<T>(weight, bias, scale, shift, present, act, l.shape);
           T* pgx = check_output<T>(grad_x, "grad_x", {n, c, s});
           double* pwt = check_output<double>(weight_terms, "weight_terms", {n, c});
           double* pbt = check_output<double>(bias_terms, "bias_terms", {n, c});
@@ -126,8 +131,8 @@ void register_group_norm(py::module_& m) {
           const double* pm = static_cast<const double*>(mean.data());
           const double* pr = static_cast<const double*>(rstd.data());
           py::gil_scoped_release release;
-          md_emu::launch(gr, bl, shared_mem, group_norm_backward_kernel<T>, pgy, px, pm, pr, p.weight, p.bias, p.scale,
-                         p.shift, p.present, p.act, pgx, pwt, pbt, pgs, pgh, n, c, g, s);
+          md_emu::launch(l.grid, l.block, shared_mem, group_norm_backward_kernel<T>, pgy, px, pm, pr, p.weight, p.bias,
+                         p.scale, p.shift, p.present, p.act, pgx, pwt, pbt, pgs, pgh, n, c, g, s);
         });
       },
       py::arg("grid"), py::arg("block"), py::arg("grad_y"), py::arg("x"), py::arg("mean"), py::arg("rstd"),

@@ -1,6 +1,7 @@
 // Small CUDA kernels that exercise one feature of cuda_emu.h each (tests/test_cuda_emu.py checks them against
 // the definitions): warp shuffles and votes, __syncwarp, atomicAdd, dynamic shared memory, and the bugs the
-// emulator reports (a missing barrier, a barrier some threads skip, a deadlock, a bad mask or width).
+// emulator reports (a missing barrier, a barrier some threads skip, a deadlock, a bad mask or width, and with the
+// schedule run_ahead a warp running ahead of another's reads); and set_schedule, the emulator's one setting.
 // Test-only: they are not CUDA sources of minidiff, so they live here and not in csrc/cuda/.
 #include "minidiff/cuda_emu.h"
 #include "minidiff/device.h"
@@ -96,6 +97,24 @@ __global__ void neighbour_kernel(const int* x, int shift, int sync, int* out) {
   out[global_thread()] = s[((t + shift) % n + n) % n];
 }
 
+// Two rounds of a hand-off between warps, block_sum's pattern: lane 0 of each warp puts its warp's value in shared
+// memory; a barrier; every warp takes the next warp's value (cyclically), agreed on by a shuffle. So out[g] = x of
+// lane 0 of the warp two on. Correct only with a barrier (sync != 0) between the reads of the first round and the
+// writes of the second: without, the schedule run_ahead lets a warp overwrite its slot before the warp before it
+// has read it; round_robin does not (cuda_emu.h).
+__global__ void handoff_kernel(const int* x, int sync, int* out) {
+  __shared__ int slot[32];
+  const unsigned int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  int v = x[global_thread()];
+  for (int round = 0; round < 2; ++round) {
+    if (lane_of_thread() == 0) slot[warp] = v;
+    __syncthreads();
+    v = __shfl_sync(0xffffffffu, slot[(warp + 1) % warps], 0);
+    if (sync) __syncthreads();
+  }
+  out[global_thread()] = v;
+}
+
 // Misuses of barriers and warp intrinsics, each a bug the emulator must report:
 //   0 thread 0 returns before a __syncthreads() the others reach
 //   1 even and odd threads meet at two different __syncthreads()
@@ -164,6 +183,22 @@ T* output(py::array& a, const char* name, index_t n) {
 }  // namespace
 
 void register_selftest(py::module_& m) {
+  m.def(
+      "set_schedule",
+      [](const std::string& name) {
+        md_emu::Schedule s;
+        if (name == "round_robin") {
+          s = md_emu::Schedule::round_robin;
+        } else if (name == "run_ahead") {
+          s = md_emu::Schedule::run_ahead;
+        } else {
+          throw py::value_error("schedule: expected 'round_robin' or 'run_ahead', got '" + name + "'");
+        }
+        return md_emu::set_schedule(s) == md_emu::Schedule::run_ahead ? "run_ahead" : "round_robin";
+      },
+      py::arg("schedule"),
+      "Where the threads a barrier or warp intrinsic releases join the ready ones, for the launches from now on "
+      "(cuda_emu.h): 'round_robin' (behind them, the default) or 'run_ahead' (in front). Returns the previous one.");
   m.def("shuffle_kernel", [](const py::tuple& grid, const py::tuple& block, int mode, const py::array& x,
                              const py::array& param, int width, unsigned int mask, py::array& out) {
     const dim3 g = one_d(grid, "grid"), b = one_d(block, "block");
@@ -228,6 +263,16 @@ void register_selftest(py::module_& m) {
     int* po = output<int>(out, "out", n);
     py::gil_scoped_release release;
     md_emu::launch(g, b, neighbour_kernel, px, shift, sync, po);
+  });
+  m.def("handoff_kernel", [](const py::tuple& grid, const py::tuple& block, const py::array& x, int sync,
+                             py::array& out) {
+    const dim3 g = one_d(grid, "grid"), b = one_d(block, "block");
+    check_warp_block(b, "handoff_kernel");
+    const index_t n = threads_of(g, b);
+    const int* px = input<int>(x, "x", n);
+    int* po = output<int>(out, "out", n);
+    py::gil_scoped_release release;
+    md_emu::launch(g, b, handoff_kernel, px, sync, po);
   });
   m.def("misuse_kernel", [](const py::tuple& grid, const py::tuple& block, int mode, py::array& out) {
     const dim3 g = one_d(grid, "grid"), b = one_d(block, "block");

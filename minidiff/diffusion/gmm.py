@@ -54,15 +54,21 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 
 def _einsum(spec: str, *operands: np.ndarray) -> np.ndarray:
     """np.einsum allowed to reorder the contraction and call BLAS (optimize=True): over (n, K, D) arrays
-    that is ~20 times faster than its default loop, which matters for Langevin chains calling `score`.
-    The two kinds of contraction made on every score / denoiser call skip einsum's path search, which dominates
-    small batches (a sampler's 64 points): M_k v_nk ("kij,nkj->nki", or M_k^T v_nk for "kji") is one batched
-    matmul over k, (K, n, D) @ (K, D, D), and the mixture average "nk,nki->ni" is einsum's own loop."""
-    if spec in ("kij,nkj->nki", "kji,nkj->nki"):
-        mats, v = operands  # (K, D, D), (n, K, D)
-        right = mats.transpose(0, 2, 1) if spec == "kij,nkj->nki" else mats  # v_nk @ M_k^T = M_k v_nk
-        return np.matmul(v.transpose(1, 0, 2), right).transpose(1, 0, 2)  # (n, K, D)
-    return np.einsum(spec, *operands, optimize=spec != "nk,nki->ni")
+    that is ~20 times faster than its default loop, which matters for Langevin chains calling `score`."""
+    return np.einsum(spec, *operands, optimize=True)
+
+
+def _apply_per_component(matrices: np.ndarray, vectors: np.ndarray, *, transpose: bool = False) -> np.ndarray:
+    """M_k v_nk for every point n and component k (M_k^T v_nk when `transpose`): matrices (K, D, D), vectors
+    (n, K, D) -> (n, K, D). One batched matmul over k, (K, n, D) @ (K, D, D) with the vectors as rows: made on
+    every score / denoiser call, it skips einsum's path search, which dominates small batches (a sampler's 64)."""
+    right = matrices if transpose else matrices.transpose(0, 2, 1)  # (K, D, D): v^T M^T = (M v)^T, v^T M = (M^T v)^T
+    return np.matmul(vectors.transpose(1, 0, 2), right).transpose(1, 0, 2)  # (K, n, D) -> (n, K, D)
+
+
+def _mixture_average(r: np.ndarray, per_component: np.ndarray) -> np.ndarray:
+    """sum_k r_nk v_nk: weights r (n, K), vectors (n, K, D) -> (n, D), in einsum's own loop (no path search)."""
+    return np.einsum("nk,nki->ni", r, per_component)
 
 
 def _logsumexp(a: np.ndarray) -> np.ndarray:
@@ -195,7 +201,7 @@ class GaussianMixture:
         """log w_k + log N(x; mu_k, Sigma_k), (n, K), and the whitened residuals z_k = L_k^{-1} (x - mu_k),
         (n, K, D)."""
         x = self._check_x(x)
-        z = _einsum("kij,nkj->nki", self._chol_inv, x[:, None, :] - self.means)  # (n, K, D)
+        z = _apply_per_component(self._chol_inv, x[:, None, :] - self.means)  # (n, K, D)
         return _gaussian_log_terms(self._log_weights, (z * z).sum(axis=-1), self._log_det_2pi), z
 
     def log_prob(self, x: Any) -> np.ndarray:
@@ -209,19 +215,19 @@ class GaussianMixture:
     def _component_scores(self, x: Any) -> tuple[np.ndarray, np.ndarray]:
         """(r, g): responsibilities (n, K) and g_k = -Sigma_k^{-1} (x - mu_k) = -L_k^{-T} z_k, (n, K, D)."""
         log_joint, z = self._log_joint(x)
-        return _softmax(log_joint), -_einsum("kji,nkj->nki", self._chol_inv, z)
+        return _softmax(log_joint), -_apply_per_component(self._chol_inv, z, transpose=True)
 
     def score(self, x: Any) -> np.ndarray:
         """[E24] s(x) = grad_x log p(x) = sum_k r_k(x) (-Sigma_k^{-1} (x - mu_k)), r_k(x) = p(k | x)
         (Hyvarinen 2005), shape (n, D): each component's Gaussian score, weighted by its responsibility."""
         r, g = self._component_scores(x)
-        return _einsum("nk,nki->ni", r, g)  # (n, D)
+        return _mixture_average(r, g)  # (n, D)
 
     def score_jacobian(self, x: Any) -> np.ndarray:
         """The Hessian of log p, shape (n, D, D): sum_k r_k (g_k g_k^T - P_k) - g g^T with g_k = -P_k (x - mu_k),
         P_k = Sigma_k^{-1}, g = sum_k r_k g_k. Its trace is the exact divergence of the score."""
         r, g_k = self._component_scores(x)
-        g = _einsum("nk,nki->ni", r, g_k)  # (n, D)
+        g = _mixture_average(r, g_k)  # (n, D)
         second = _einsum("nk,nki,nkj->nij", r, g_k, g_k) - _einsum("nk,kij->nij", r, self._precisions)
         return second - g[:, :, None] * g[:, None, :]  # (n, D, D)
 
@@ -246,7 +252,7 @@ class GaussianMixture:
         E[eps | x, k] = n U_k (y_k / d_k), averaged with the noised responsibilities.
         """
         s, n = scale[:, None, None], std[:, None, None]  # (n, 1, 1)
-        y = _einsum("kji,nkj->nki", self._eigvecs, x[:, None, :] - s * self.means)  # (n, K, D)
+        y = _apply_per_component(self._eigvecs, x[:, None, :] - s * self.means, transpose=True)  # (n, K, D)
         d = s * s * self._eigvals + n * n  # (n, K, D)
         if np.any(d <= 0.0):
             raise ValueError("scale, std: both 0 for an example; x = 0 then says nothing about x0")
@@ -254,9 +260,9 @@ class GaussianMixture:
         log_joint = _gaussian_log_terms(self._log_weights, (y * y / d).sum(axis=-1), log_det_2pi)  # (n, K)
         r = _softmax(log_joint)  # (n, K), p(k | x) under the noised mixture
         u = y / d  # (n, K, D), C_k^{-1} (x - s mu_k) in the eigenbasis
-        x0_k = self.means + s * _einsum("kij,nkj->nki", self._eigvecs, self._eigvals * u)  # (n, K, D)
-        eps_k = n * _einsum("kij,nkj->nki", self._eigvecs, u)  # (n, K, D)
-        return _einsum("nk,nki->ni", r, x0_k), _einsum("nk,nki->ni", r, eps_k)
+        x0_k = self.means + s * _apply_per_component(self._eigvecs, self._eigvals * u)  # (n, K, D)
+        eps_k = n * _apply_per_component(self._eigvecs, u)  # (n, K, D)
+        return _mixture_average(r, x0_k), _mixture_average(r, eps_k)
 
     def _posterior(self, x: Any, scale: Any, std: Any, scale_name: str = "scale",
                    std_name: str = "std") -> tuple[np.ndarray, np.ndarray]:

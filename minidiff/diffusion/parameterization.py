@@ -14,7 +14,7 @@ coefficients are picked with `schedule.at` and cast to the dtype of x_t.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -87,6 +87,31 @@ def score_from_eps(schedule: NoiseSchedule, eps: Any, t: Any) -> Any:
 def eps_from_score(schedule: NoiseSchedule, score: Any, t: Any) -> Any:
     """[E27] eps = -sqrt(1 - alpha_bar_t) s(x_t, t), the inverse of `score_from_eps`."""
     return -score * schedule.at(schedule.sqrt_one_minus_alpha_bars, t, score)
+
+
+class OutputReading(NamedTuple):
+    """What a model output `out` says at x_t, as two affine maps (E13, E14):
+    x0_hat = r_x x_t + r_out out and eps_hat = e_x x_t + e_out out."""
+
+    r_x: Any
+    r_out: Any
+    e_x: Any
+    e_out: Any
+
+
+def output_reading(a: Any, b: Any, prediction_type: str) -> OutputReading:
+    """[E13][E14] The reading of a model output of `prediction_type`, with a = sqrt(alpha_bar_t) and
+    b = sqrt(1 - alpha_bar_t) (numbers, or arrays that broadcast against x_t: one pair per example):
+    "epsilon"       x0_hat = (x_t - b out) / a,  eps_hat = out
+    "sample"        x0_hat = out,                eps_hat = (x_t - a out) / b
+    "v_prediction"  x0_hat = a x_t - b out,      eps_hat = b x_t + a out
+    Inverting eps_hat's map gives the output of that type an eps means: out = (eps - e_x x_t) / e_out."""
+    _v.choice(prediction_type, "prediction_type", PREDICTION_TYPES)
+    if prediction_type == "epsilon":
+        return OutputReading(1.0 / a, -b / a, 0.0, 1.0)
+    if prediction_type == "sample":
+        return OutputReading(0.0, 1.0, 1.0 / b, -a / b)
+    return OutputReading(a, -b, b, a)
 
 
 def to_eps_x0(schedule: NoiseSchedule, model_output: Any, xt: Any, t: Any,

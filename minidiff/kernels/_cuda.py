@@ -8,7 +8,9 @@ emulated run checks exactly the indexing and launch configuration the GPU would 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -97,25 +99,41 @@ def launch(
 ) -> None:
     """Run `kernel` (one of INSTANCES[cu_file], e.g. "k<float>") of csrc/cuda/`cu_file`.
 
-    `writes` are the positions in `args` of the arrays the kernel writes. On "cuda", NumPy arrays are
-    copied to the device and those written are copied back, so NumPy callers need not know.
+    `writes` are the positions in `args` of the arrays the kernel writes, and only those are copied back where
+    the kernel ran on a copy: on "cuda" NumPy arrays are copied to the device, on "cuda-emu" CuPy arrays to the
+    host, so callers need not know where their arrays live. A written array missing from `writes` thus keeps its
+    old values on one of the two backends (on "cuda-emu", for the CuPy arrays of tests/test_device_arrays.py).
     `shared_mem`: bytes of dynamic shared memory per block, for kernels that declare it (MD_DYNAMIC_SHARED).
     """
     if backend == "cuda-emu":
         emu_kernel = getattr(_backend.extension().cuda_emu, kernel.split("<")[0])
         host_args = tuple(_backend.to_host(a) if _backend.is_device_array(a) else a for a in args)
         emu_kernel(grid, block, *host_args, **({"shared_mem": shared_mem} if shared_mem else {}))
-        for a, host in zip(args, host_args, strict=True):  # the emulator ran on host copies of CuPy arrays:
-            # copy each back (callers that write into their own arrays pass no `writes`), but for read-only views
-            # (a broadcast input), which no kernel writes
-            if host is not a and getattr(a.flags, "writeable", True):
-                a[...] = _backend.array_module(a).asarray(host)
+        for i in writes:  # the emulator ran on host copies of the CuPy arrays: copy back those it wrote
+            if host_args[i] is not args[i]:
+                args[i][...] = _backend.array_module(args[i]).asarray(host_args[i])
         return
     function = _raw_module(cu_file).get_function(kernel)
     device_args = tuple(to_device(backend, a) for a in args)
     function(grid, block, device_args, shared_mem=shared_mem)
     for i in writes:
         to_host(device_args[i], args[i])
+
+
+EMULATOR_SCHEDULES = ("round_robin", "run_ahead")
+
+
+@contextlib.contextmanager
+def emulator_schedule(schedule: str) -> Iterator[None]:
+    """Within the block, cuda-emu launches run with `schedule`, one of EMULATOR_SCHEDULES: where the threads a
+    barrier or warp intrinsic releases rejoin the ready ones, behind them (round_robin, the default) or in front
+    (run_ahead: a warp runs on to the next barrier before the other warps start; csrc/include/minidiff/cuda_emu.h)."""
+    emu = _backend.extension().cuda_emu
+    before = emu.set_schedule(schedule)
+    try:
+        yield
+    finally:
+        emu.set_schedule(before)
 
 
 def to_device(backend: str, a: Any) -> Any:

@@ -238,7 +238,7 @@ def _forward_cuda(q, k, v, mask, scale, version) -> AttentionForward:
             tiles = b.q.shape[0] * -(-b.q.shape[1] // _TILE_ROWS)
             grid, block, shared = (min(tiles, _cuda.MAX_BLOCKS),), (32 * _TILE_ROWS,), _staged_bytes(q, v)
         _cuda.launch(backend, "attention.cu", f"attention_forward_v{version}_kernel<{_cuda.ctype(q.dtype)}>", grid,
-                     block, (*_cuda_inputs(backend, b, scale), out_dev, lse_dev, *_sizes(b)), writes=(),
+                     block, (*_cuda_inputs(backend, b, scale), out_dev, lse_dev, *_sizes(b)), writes=(7, 8),
                      shared_mem=shared)
         _cuda.to_host(out_dev, out)
         _cuda.to_host(lse_dev, lse)
@@ -260,13 +260,13 @@ def _backward_cuda(grad_out, q, k, v, mask, forward: AttentionForward, scale):
     if rows:
         _cuda.launch(backend, "attention.cu", f"attention_delta_kernel<{t}>", *_warp_per_row_launch(rows),
                      (grad_out.reshape(rows, dv), out.reshape(rows, dv), delta.reshape(rows), np.int64(rows),
-                      np.int64(dv)), writes=())
+                      np.int64(dv)), writes=(2,))
         _cuda.launch(backend, "attention.cu", f"attention_grad_q_v1_kernel<{t}>", *_warp_per_row_launch(rows),
-                     (*inputs, grad_out, lse, delta, grads_dev[0], *sizes), writes=())
+                     (*inputs, grad_out, lse, delta, grads_dev[0], *sizes), writes=(10,))
     if b.k.shape[0] * b.k.shape[1]:
         _cuda.launch(backend, "attention.cu", f"attention_grad_kv_v1_kernel<{t}>",
                      *_warp_per_row_launch(b.k.shape[0] * b.k.shape[1]),
-                     (*inputs, grad_out, lse, delta, grads_dev[1], grads_dev[2], *sizes), writes=())
+                     (*inputs, grad_out, lse, delta, grads_dev[1], grads_dev[2], *sizes), writes=(10, 11))
     for g, g_dev in zip(grads, grads_dev, strict=True):
         _cuda.to_host(g_dev, g)
     return tuple(g.reshape(b.batch + g.shape[1:]) for g in grads)

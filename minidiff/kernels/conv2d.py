@@ -249,6 +249,6 @@ def _launch(part: str, version: int, inputs: tuple[np.ndarray, np.ndarray], out:
         tiles = -(-gemm_rows // 64) * -(-(out.size // gemm_rows) // 64)  # the blocks stride over the tiles
         grid, block = (min(tiles, _cuda.MAX_BLOCKS),), (16, 16)
     kernel = f"conv2d_{part}_v{version}_kernel<{_cuda.ctype(out.dtype)}>"
-    _cuda.launch(backend, "conv2d.cu", kernel, grid, block, (in0, in1, out_dev, *sizes), writes=())
+    _cuda.launch(backend, "conv2d.cu", kernel, grid, block, (in0, in1, out_dev, *sizes), writes=(2,))
     _cuda.to_host(out_dev, out)
     return out

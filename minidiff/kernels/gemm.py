@@ -148,7 +148,7 @@ def _on_gpu(backend: str, a: Any, b: Any, out: Any, alpha: float, beta: float, v
     tile = CUDA_TILES[version]
     tiles = -(-m // tile) * -(-n // tile)  # the blocks stride over the tiles of C: any grid covers them
     kernel = f"gemm_v{version}_kernel<{_cuda.ctype(a.dtype)}>"
-    _cuda.launch(backend, "gemm.cu", kernel, (min(tiles, _cuda.MAX_BLOCKS),), (16, 16), args, writes=())
+    _cuda.launch(backend, "gemm.cu", kernel, (min(tiles, _cuda.MAX_BLOCKS),), (16, 16), args, writes=(11,))  # out
     _cuda.to_host(out_dev, out)
     return out
 

@@ -259,7 +259,7 @@ def _forward_cuda(x: Any, num_groups: int, weight: Any, bias: Any, eps: float, s
     _cuda.launch(backend, "group_norm.cu", f"group_norm_forward_kernel<{_cuda.ctype(x.dtype)}>", grid, block,
                  (x_dev, *_cuda_params(backend, x_dev, weight, bias, scale, shift), _activation_code(activation),
                   np.float64(eps), y_dev, mean_dev, rstd_dev, *sizes),
-                 writes=(), shared_mem=shared)
+                 writes=(8, 9, 10), shared_mem=shared)  # y, mean, rstd
     for dev, host in zip((y_dev, mean_dev, rstd_dev), hosts, strict=True):
         _cuda.to_host(dev, host)
     return y, mean, rstd
@@ -284,14 +284,16 @@ def _backward_cuda(grad_y: Any, x: Any, mean: Any, rstd: Any, num_groups: int, w
     stats = (_cuda.to_device(backend, xp.ascontiguousarray(a, xp.float64)) for a in (mean, rstd))  # (N, G)
     if n:
         grid, block, shared = _block_launch(x, num_groups)
+        optional_writes = tuple(13 + i for i, g in enumerate((grad_scale, grad_shift)) if g is not None)
         _cuda.launch(backend, "group_norm.cu", f"group_norm_backward_kernel<{t}>", grid, block,
                      (grad_y_dev, x_dev, *stats,
                       *_cuda_params(backend, x_dev, weight, bias, scale, shift), _activation_code(activation),
-                      grad_x_dev, weight_terms, bias_terms, *optional_grads, *sizes), writes=(), shared_mem=shared)
+                      grad_x_dev, weight_terms, bias_terms, *optional_grads, *sizes),
+                     writes=(10, 11, 12, *optional_writes), shared_mem=shared)  # grad_x, the terms, grad_scale/shift
     grad_params = [_cuda.to_device(backend, g) for g in (grad_weight, grad_bias)]
     if channels:
         _cuda.launch(backend, "group_norm.cu", f"group_norm_param_grad_kernel<{t}>", *_cuda.launch_config_1d(channels),
-                     (weight_terms, bias_terms, *grad_params, *sizes[:2]), writes=())
+                     (weight_terms, bias_terms, *grad_params, *sizes[:2]), writes=(2, 3))  # grad_weight, grad_bias
     for dev, host in zip((grad_x_dev, *grad_params, *optional_grads), hosts, strict=True):
         if host is not None:
             _cuda.to_host(dev, host)

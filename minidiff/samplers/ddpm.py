@@ -33,7 +33,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from minidiff.diffusion import _validate as _v
-from minidiff.diffusion.parameterization import _eps_is_informative
+from minidiff.diffusion.parameterization import OutputReading, _eps_is_informative, output_reading
 from minidiff.diffusion.schedules import NoiseSchedule, posterior_coefficients
 from minidiff.kernels import StepCoefs, sampler_step
 from minidiff.samplers.base import (
@@ -70,29 +70,16 @@ def _variance_type(key: str, value: Any) -> str:
 # What DDPM and DDIM share
 
 
-class OutputReading(NamedTuple):
-    """What a model output `out` says at (x_t, t), as two affine maps (E13, E14):
-    x0_hat = r_x x_t + r_out out and eps_hat = e_x x_t + e_out out."""
-
-    r_x: float
-    r_out: float
-    e_x: float
-    e_out: float
-
-
 def read_model_output(schedule: NoiseSchedule, t: int, prediction_type: str) -> OutputReading:
     """[E13][E14] x0_hat and eps_hat from a model output, with a = sqrt(alpha_bar_t), b = sqrt(1 - alpha_bar_t):
     "epsilon"       x0_hat = (x_t - b out) / a,  eps_hat = out
     "sample"        x0_hat = out,                eps_hat = (x_t - a out) / b
     "v_prediction"  x0_hat = a x_t - b out,      eps_hat = b x_t + a out
     An eps says nothing about x0 where alpha_bar_t = 0 (t = T of a zero-terminal-SNR schedule): refused."""
-    a, b = float(schedule.sqrt_alpha_bars[t]), float(schedule.sqrt_one_minus_alpha_bars[t])
     if prediction_type == "epsilon":
         _eps_is_informative(schedule, t, "x0 from eps")
-        return OutputReading(1.0 / a, -b / a, 0.0, 1.0)
-    if prediction_type == "sample":
-        return OutputReading(0.0, 1.0, 1.0 / b, -a / b)
-    return OutputReading(a, -b, b, a)
+    a, b = float(schedule.sqrt_alpha_bars[t]), float(schedule.sqrt_one_minus_alpha_bars[t])
+    return output_reading(a, b, prediction_type)
 
 
 class StepForm(NamedTuple):

@@ -23,6 +23,7 @@ subnormal): sigma_T = sqrt(2^24 - 1) ~ 4096, finite, and x_T is pure noise to 1 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from typing import Any
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from minidiff.diffusion import _validate as _v
-from minidiff.diffusion.parameterization import PREDICTION_TYPES
+from minidiff.diffusion.parameterization import PREDICTION_TYPES, output_reading
 from minidiff.diffusion.schedules import NoiseSchedule
 from minidiff.samplers.base import (
     Option,
@@ -251,12 +252,10 @@ def vp_x0_eps(model_output: np.ndarray, x: np.ndarray, alpha_t: float, sigma_t: 
     """[E13][E14] (x0, eps) from a model output, for x = alpha_t x0 + sigma_t eps with alpha_t^2 + sigma_t^2 = 1:
     eps: x0 = (x - sigma_t eps) / alpha_t;  sample: eps = (x - alpha_t x0) / sigma_t;
     v: x0 = alpha_t x - sigma_t v, eps = sigma_t x + alpha_t v."""
-    if prediction_type == "epsilon":
-        return combine(x, 1.0 / alpha_t, model_output, -sigma_t / alpha_t), model_output
-    if prediction_type == "sample":
-        return model_output, combine(x, 1.0 / sigma_t, model_output, -alpha_t / sigma_t)
-    _v.choice(prediction_type, "prediction_type", PREDICTION_TYPES)
-    return combine(x, alpha_t, model_output, -sigma_t), combine(x, sigma_t, model_output, alpha_t)
+    r = output_reading(alpha_t, sigma_t, prediction_type)
+    x0 = model_output if prediction_type == "sample" else combine(x, r.r_x, model_output, r.r_out)
+    eps = model_output if prediction_type == "epsilon" else combine(x, r.e_x, model_output, r.e_out)
+    return x0, eps
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -319,6 +318,16 @@ class SigmaSampler(Sampler):
 
     def _timesteps_and_sigmas(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
+
+    def run_from(self, begin: int) -> SigmaSampler:
+        """A copy whose run is the steps from `begin` on of this one's (timesteps[begin:], sigmas[begin:]), its state
+        cleared and its steps counted from there (diffusers' set_begin_index): a multistep solver starts it at first
+        order, as at a run's start. This sampler is left as it was."""
+        run = copy.copy(self)
+        run._timesteps, run._sigmas = self.timesteps[begin:], self.sigmas[begin:]
+        run._step_index = None
+        run._reset_state()
+        return run
 
     def _reset_state(self) -> None:
         """Forget what a multistep or two-stage sampler kept from earlier steps."""

@@ -13,6 +13,13 @@
 //     decreasing order (odd-numbered blocks start decreasing). A thread that reads, with no barrier in between,
 //     what another writes in the same phase reads a stale value in one of the two orders, whichever side the
 //     writer is on: a missing __syncthreads() shows as a wrong result.
+//   - The schedule (set_schedule(), cuda_emu.set_schedule in Python) says where the threads a barrier or a warp
+//     intrinsic releases join the threads ready to run. round_robin (the default): behind them, so every ready
+//     thread runs to its next barrier or intrinsic before a released one goes on. run_ahead: in front of them, so
+//     the first warp whose intrinsic completes runs on to the next __syncthreads() before the other warps start
+//     the phase. Only run_ahead catches a warp that overwrites shared memory another warp has yet to read (a
+//     missing barrier after the reads, as at the end of block_sum of minidiff/device.h): in round_robin no warp
+//     gets past its first intrinsic of a phase before every thread has done its reads up to its own.
 //   - threadIdx, blockIdx, blockDim, gridDim are globals, set before each switch to a thread.
 //   - __shared__ variables are function-local statics: blocks run one at a time, so each has them to itself.
 //     Dynamic shared memory (MD_DYNAMIC_SHARED of minidiff/device.h; `extern __shared__` on the GPU) is a
@@ -50,6 +57,8 @@
 #include <ucontext.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -192,6 +201,17 @@ inline void check_launch(const dim3& grid, const dim3& block, std::size_t shared
                                 " bytes of dynamic shared memory per block, got " + std::to_string(shared_bytes));
 }
 
+// Where released threads join the ready ones (the header comment above): read at the start of each launch.
+enum class Schedule { round_robin, run_ahead };
+
+inline std::atomic<Schedule>& schedule_setting() {
+  static std::atomic<Schedule> s{Schedule::round_robin};
+  return s;
+}
+
+// Sets the schedule of the launches that start from now on; returns the previous one.
+inline Schedule set_schedule(Schedule s) { return schedule_setting().exchange(s); }
+
 inline std::mutex& launch_mutex() {
   static std::mutex m;
   return m;
@@ -246,7 +266,7 @@ inline thread_local Launch* current_launch = nullptr;
 class Launch {
  public:
   Launch(dim3 grid, dim3 block, std::size_t shared_bytes, void (*run)(void*), void* closure)
-      : grid_(grid), block_(block), run_(run), closure_(closure),
+      : grid_(grid), block_(block), run_(run), closure_(closure), schedule_(schedule_setting().load()),
         n_threads_(block.x * block.y * block.z), n_warps_((n_threads_ + 31) / 32),
         fibers_(n_threads_), pending_(n_warps_), live_lanes_(n_warps_), shared_(shared_bytes) {
     for (unsigned int t = 0; t < n_threads_; ++t) {
@@ -345,18 +365,13 @@ class Launch {
 
   bool forward() const { return (phase_ & 1) == 0; }
 
-  void make_ready_in_order(const std::vector<unsigned int>& threads) {
-    if (forward()) {
-      for (unsigned int t : threads) make_ready(t);
-    } else {
-      for (auto it = threads.rbegin(); it != threads.rend(); ++it) make_ready(*it);
-    }
+  // Makes `threads` ready, in increasing or decreasing order as the phase says, behind the threads already ready
+  // (round_robin) or in front of them (run_ahead).
+  void make_ready_in_order(std::vector<unsigned int> threads) {
+    if (!forward()) std::reverse(threads.begin(), threads.end());
+    for (unsigned int t : threads) fibers_[t].waiting = Waiting::running;
+    ready_.insert(schedule_ == Schedule::run_ahead ? ready_.begin() : ready_.end(), threads.begin(), threads.end());
     ++phase_;
-  }
-
-  void make_ready(unsigned int t) {
-    fibers_[t].waiting = Waiting::running;
-    ready_.push_back(t);
   }
 
   void release_block_barrier() {
@@ -517,6 +532,7 @@ class Launch {
   dim3 grid_, block_;
   void (*run_)(void*);
   void* closure_;
+  Schedule schedule_;
   unsigned int n_threads_, n_warps_;
   std::vector<Fiber> fibers_;
   std::vector<std::vector<Rendezvous>> pending_;  // per warp
