@@ -20,6 +20,7 @@ import minidiff as md
 import minidiff.functional as F
 from minidiff import backend, nn, optim
 from minidiff.autodiff import ops
+from minidiff.diffusion._validate import noise_for
 from minidiff.kernels import _cuda
 from minidiff.kernels.gemm import gemm
 from minidiff.samplers import DDIMSampler
@@ -116,6 +117,28 @@ def test_ddim_sampler_loop_on_device_arrays_matches_numpy(cp):
         return x
 
     assert_close(cp.asnumpy(run(device, cp)), run(host, np), what="x_0")
+
+
+def test_sample_from_a_device_x_T_runs_on_the_device_and_matches_numpy(cp):
+    """Sampler.sample with x_T a CuPy array: the model's outputs, the steps' noise (drawn on the host by the same
+    rng) and the trajectory stay on the device, and the numbers are the host run's."""
+    host, device = _two_models(lambda rng: nn.UNet(**UNET, rng=rng, dtype=np.float64).eval(), cp)
+    x_T = np.random.default_rng(5).standard_normal((2, 2, 8, 8))
+
+    def run(model, xp):
+        def eps_model(x, t):
+            with md.no_grad():
+                return model(md.tensor(x), t, class_labels=np.array([2, 0])).data
+
+        sampler = DDIMSampler(md.diffusion.NoiseSchedule(md.diffusion.linear_betas(1000)), eta=1.0)
+        return sampler.sample(eps_model, x_T.shape, np.random.default_rng(6), num_inference_steps=3,
+                              x_T=xp.asarray(x_T), dtype=np.float64, progress=False, return_trajectory=True)
+
+    trajectory = run(device, cp)
+    assert isinstance(trajectory, cp.ndarray) and trajectory.shape == (4, *x_T.shape)
+    noise = noise_for(cp.asarray(x_T), "sample", None, np.random.default_rng(6))  # what each step draws
+    assert isinstance(noise, cp.ndarray)
+    assert_close(cp.asnumpy(trajectory), run(host, np), what="x_T .. x_0")
 
 
 def test_masked_attention_and_indexing_on_device_arrays_match_numpy(cp):

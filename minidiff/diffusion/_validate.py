@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from minidiff.backend import array_module
 from minidiff.kernels._checks import FLOAT_DTYPES, finite, float_array, like
 
 __all__ = ["broadcasts_to", "choice", "finite", "float_array", "float_dtype", "like", "noise_for", "same_shape",
@@ -95,4 +96,4 @@ def noise_for(x: np.ndarray, x_name: str, noise: Any, rng: Any, noise_name: str 
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng: expected a numpy.random.Generator (np.random.default_rng(seed)), "
                         f"got {type(rng).__name__}")
-    return rng.standard_normal(x.shape, dtype=x.dtype)
+    return array_module(x).asarray(rng.standard_normal(x.shape, dtype=x.dtype))  # where x lives (host or GPU)

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
+from minidiff.backend import array_module
 from minidiff.diffusion import _validate as _v
 from minidiff.diffusion.parameterization import PREDICTION_TYPES
 from minidiff.diffusion.schedules import (
@@ -414,7 +415,8 @@ class Sampler:
         noise of stochastic steps, in that order, so a seed replays a run exactly. num_inference_steps:
         calls set_timesteps first (else the timesteps already set are used). progress: a tqdm bar.
         Returns x_0, or with return_trajectory the samples after every step, shape (1 + steps, *shape),
-        starting from x_T.
+        starting from x_T. An x_T on the GPU (a CuPy array) keeps the whole loop there: the model's outputs and
+        the steps' noise (drawn by rng on the host) go to the GPU, and x_0 comes back as a CuPy array.
         """
         if num_inference_steps is not None:
             self.set_timesteps(num_inference_steps)
@@ -427,12 +429,13 @@ class Sampler:
             x = self.step(self.model_output(model, x, t), t, x, rng=rng).prev_sample
             if trajectory is not None:
                 trajectory.append(x)
-        return np.stack(trajectory) if trajectory is not None else x
+        return array_module(x).stack(trajectory) if trajectory is not None else x
 
     def model_output(self, model: Callable[[np.ndarray, np.ndarray], np.ndarray], x: np.ndarray, t: Any) -> np.ndarray:
-        """model(scale_model_input(x, t), t as shape (B,)), a float output cast to the dtype of x."""
+        """model(scale_model_input(x, t), t as shape (B,)), a float output cast to the dtype of x, on the host or
+        the GPU where x is."""
         t_batch = np.full(x.shape[0], t, dtype=self.timesteps.dtype)
-        out = np.asarray(model(self.scale_model_input(x, t), t_batch))
+        out = array_module(x).asarray(model(self.scale_model_input(x, t), t_batch))
         if out.dtype != x.dtype and out.dtype.kind == "f":
             out = out.astype(x.dtype)
         return out
