@@ -28,7 +28,6 @@ struct Inputs {
   const index_t* mask_index = nullptr;
   int has_mask;
   T scale;
-  cpu::AttentionShape s;
 };
 
 template <typename T>
@@ -37,7 +36,7 @@ Inputs<T> check_inputs(const py::array& q, const py::array& k, const py::array& 
                        index_t d, index_t dv) {
   Inputs<T> in{};
   try {
-    in.s = cpu::AttentionShape::make(batch, lq, lk, d, dv);
+    cpu::AttentionShape::make(batch, lq, lk, d, dv);  // sizes >= 0 within 64-bit indexing
   } catch (const std::invalid_argument& e) {
     throw py::value_error(e.what());
   }
@@ -72,19 +71,6 @@ Inputs<T> check_inputs(const py::array& q, const py::array& k, const py::array& 
       const py::array &mask, const py::array &mask_index, int has_mask, double scale
 #define MD_ATTENTION_BINDING_SIZES index_t batch, index_t lq, index_t lk, index_t d, index_t dv
 
-// run(T{}, grid, block, the checked inputs), T following q.dtype.
-template <class Run>
-void with_inputs(const char* kernel, const py::tuple& grid, const py::tuple& block, const py::array& q,
-                 const py::array& k, const py::array& v, const py::array& mask, const py::array& mask_index,
-                 int has_mask, double scale, index_t batch, index_t lq, index_t lk, index_t d, index_t dv, Run run) {
-  const dim3 g = to_dim3(grid, "grid"), b = to_dim3(block, "block");
-  check_warp_block(b, kernel);
-  check::dispatch_float(q, "q", [&](auto tag) {
-    using T = decltype(tag);
-    run(tag, g, b, check_inputs<T>(q, k, v, mask, mask_index, has_mask, scale, batch, lq, lk, d, dv));
-  });
-}
-
 // The backward's grad_out (B, Lq, Dv), lse and delta (B, Lq), checked.
 template <typename T>
 struct Residuals {
@@ -92,11 +78,11 @@ struct Residuals {
 };
 
 template <typename T>
-Residuals<T> check_residuals(const py::array& grad_out, const py::array& lse, const py::array& delta,
-                             const cpu::AttentionShape& s) {
-  check_shape<T>(grad_out, "grad_out", {s.batch, s.lq, s.dv});
-  check_shape<T>(lse, "lse", {s.batch, s.lq});
-  check_shape<T>(delta, "delta", {s.batch, s.lq});
+Residuals<T> check_residuals(const py::array& grad_out, const py::array& lse, const py::array& delta, index_t batch,
+                             index_t lq, index_t dv) {
+  check_shape<T>(grad_out, "grad_out", {batch, lq, dv});
+  check_shape<T>(lse, "lse", {batch, lq});
+  check_shape<T>(delta, "delta", {batch, lq});
   return {static_cast<const T*>(grad_out.data()), static_cast<const T*>(lse.data()),
           static_cast<const T*>(delta.data())};
 }
@@ -140,6 +126,29 @@ std::string docstring(const std::string& kernel) {
   return kernel + "<T> of csrc/cuda/attention.cu, run on the CPU. T follows q.dtype.";
 }
 
+// run(T{}, launch), T following q.dtype, once the inputs and the launch are checked; launch(kernel, outputs...) runs
+// kernel(the inputs, outputs..., the sizes) on the emulator, without the GIL.
+template <class Run>
+void with_inputs(const std::string& kernel, int version, std::size_t shared_mem, MD_ATTENTION_BINDING_ARGS,
+                 MD_ATTENTION_BINDING_SIZES, Run run) {
+  const dim3 g = to_dim3(grid, "grid"), b = to_dim3(block, "block");
+  check_warp_block(b, kernel.c_str());
+  check::dispatch_float(q, "q", [&](auto tag) {
+    using T = decltype(tag);
+    const Inputs<T> in = check_inputs<T>(q, k, v, mask, mask_index, has_mask, scale, batch, lq, lk, d, dv);
+    check_version_launch<T>(kernel, version, b, shared_mem, d, dv);
+    run(tag, [&](auto kernel_fn, auto... outputs) {
+      py::gil_scoped_release release;
+      md_emu::launch(g, b, shared_mem, kernel_fn, in.q, in.k, in.v, in.mask, in.mask_index, in.has_mask, in.scale,
+                     outputs..., batch, lq, lk, d, dv);
+    });
+  });
+}
+
+// with_inputs' arguments before `run`, in a binding of MD_ATTENTION_BINDING_ARGS, MD_ATTENTION_BINDING_SIZES.
+#define MD_ATTENTION_CHECKED \
+  name, version, shared_mem, grid, block, q, k, v, mask, mask_index, has_mask, scale, batch, lq, lk, d, dv
+
 template <typename T>
 using ForwardKernel = void (*)(const T*, const T*, const T*, const unsigned char*, const index_t*, int, T, T*, T*,
                                index_t, index_t, index_t, index_t, index_t);
@@ -150,16 +159,12 @@ void def_forward(py::module_& m, int version, ForwardKernel<float> f32, ForwardK
       name.c_str(),
       [version, f32, f64, name](MD_ATTENTION_BINDING_ARGS, py::array& out, py::array& lse, MD_ATTENTION_BINDING_SIZES,
                                 std::size_t shared_mem) {
-        with_inputs(name.c_str(), grid, block, q, k, v, mask, mask_index, has_mask, scale, batch, lq, lk, d, dv,
-                    [&](auto tag, const dim3& g, const dim3& b, const auto& in) {
-                      using T = decltype(tag);
-                      check_version_launch<T>(name, version, b, shared_mem, d, dv);
-                      T* po = check_output<T>(out, "out", {batch, lq, dv});
-                      T* pl = check_output<T>(lse, "lse", {batch, lq});
-                      py::gil_scoped_release release;
-                      md_emu::launch(g, b, shared_mem, of_type<T>(f32, f64), in.q, in.k, in.v, in.mask, in.mask_index,
-                                     in.has_mask, in.scale, po, pl, batch, lq, lk, d, dv);
-                    });
+        with_inputs(MD_ATTENTION_CHECKED, [&](auto tag, auto launch) {
+          using T = decltype(tag);
+          T* po = check_output<T>(out, "out", {batch, lq, dv});
+          T* pl = check_output<T>(lse, "lse", {batch, lq});
+          launch(of_type<T>(f32, f64), po, pl);
+        });
       },
       MD_ATTENTION_PY_ARGS, py::arg("out"), py::arg("lse"), MD_ATTENTION_PY_SIZES, docstring(name).c_str());
 }
@@ -175,16 +180,12 @@ void def_grad_q(py::module_& m, int version, GradQKernel<float> f32, GradQKernel
       [version, f32, f64, name](MD_ATTENTION_BINDING_ARGS, const py::array& grad_out, const py::array& lse,
                                 const py::array& delta, py::array& grad_q, MD_ATTENTION_BINDING_SIZES,
                                 std::size_t shared_mem) {
-        with_inputs(name.c_str(), grid, block, q, k, v, mask, mask_index, has_mask, scale, batch, lq, lk, d, dv,
-                    [&](auto tag, const dim3& g, const dim3& b, const auto& in) {
-                      using T = decltype(tag);
-                      check_version_launch<T>(name, version, b, shared_mem, d, dv);
-                      const Residuals<T> r = check_residuals<T>(grad_out, lse, delta, in.s);
-                      T* pq = check_output<T>(grad_q, "grad_q", {batch, lq, d});
-                      py::gil_scoped_release release;
-                      md_emu::launch(g, b, shared_mem, of_type<T>(f32, f64), in.q, in.k, in.v, in.mask, in.mask_index,
-                                     in.has_mask, in.scale, r.grad_out, r.lse, r.delta, pq, batch, lq, lk, d, dv);
-                    });
+        with_inputs(MD_ATTENTION_CHECKED, [&](auto tag, auto launch) {
+          using T = decltype(tag);
+          const Residuals<T> r = check_residuals<T>(grad_out, lse, delta, batch, lq, dv);
+          T* pq = check_output<T>(grad_q, "grad_q", {batch, lq, d});
+          launch(of_type<T>(f32, f64), r.grad_out, r.lse, r.delta, pq);
+        });
       },
       MD_ATTENTION_BACKWARD_PY_ARGS, py::arg("grad_q"), MD_ATTENTION_PY_SIZES, docstring(name).c_str());
 }
@@ -200,21 +201,19 @@ void def_grad_kv(py::module_& m, int version, GradKVKernel<float> f32, GradKVKer
       [version, f32, f64, name](MD_ATTENTION_BINDING_ARGS, const py::array& grad_out, const py::array& lse,
                                 const py::array& delta, py::array& grad_k, py::array& grad_v,
                                 MD_ATTENTION_BINDING_SIZES, std::size_t shared_mem) {
-        with_inputs(name.c_str(), grid, block, q, k, v, mask, mask_index, has_mask, scale, batch, lq, lk, d, dv,
-                    [&](auto tag, const dim3& g, const dim3& b, const auto& in) {
-                      using T = decltype(tag);
-                      check_version_launch<T>(name, version, b, shared_mem, d, dv);
-                      const Residuals<T> r = check_residuals<T>(grad_out, lse, delta, in.s);
-                      T* pk = check_output<T>(grad_k, "grad_k", {batch, lk, d});
-                      T* pv = check_output<T>(grad_v, "grad_v", {batch, lk, dv});
-                      py::gil_scoped_release release;
-                      md_emu::launch(g, b, shared_mem, of_type<T>(f32, f64), in.q, in.k, in.v, in.mask, in.mask_index,
-                                     in.has_mask, in.scale, r.grad_out, r.lse, r.delta, pk, pv, batch, lq, lk, d, dv);
-                    });
+        with_inputs(MD_ATTENTION_CHECKED, [&](auto tag, auto launch) {
+          using T = decltype(tag);
+          const Residuals<T> r = check_residuals<T>(grad_out, lse, delta, batch, lq, dv);
+          T* pk = check_output<T>(grad_k, "grad_k", {batch, lk, d});
+          T* pv = check_output<T>(grad_v, "grad_v", {batch, lk, dv});
+          launch(of_type<T>(f32, f64), r.grad_out, r.lse, r.delta, pk, pv);
+        });
       },
       MD_ATTENTION_BACKWARD_PY_ARGS, py::arg("grad_k"), py::arg("grad_v"), MD_ATTENTION_PY_SIZES,
       docstring(name).c_str());
 }
+
+#undef MD_ATTENTION_CHECKED
 
 }  // namespace
 
