@@ -48,7 +48,13 @@ from threadpoolctl import threadpool_limits
 import minidiff as md
 from minidiff.info import report
 from minidiff.kernels import StepCoefs, _cuda, sampler_step, sampler_step_ref
-from minidiff.kernels.attention import attention_forward, attention_forward_ref
+from minidiff.kernels.attention import (
+    CUDA_VERSIONS,
+    attention_backward,
+    attention_backward_ref,
+    attention_forward,
+    attention_forward_ref,
+)
 from minidiff.kernels.conv2d import (
     conv2d_backward_ref,
     conv2d_forward,
@@ -697,7 +703,7 @@ assert np.nanmax(np.abs(recomputed - probs_twin)) < 1e-12
 # %% [markdown]
 # The compiled kernels keep exactly this lse. `attention_forward` returns what the backward needs: the NumPy twin
 # keeps the probabilities, the C++ kernel (query tiles of the online softmax in `csrc/cpu/attention.cpp`) and the
-# CUDA kernel (one warp per query row, its max and sum reduced by warp shuffles in `csrc/cuda/attention.cu`, run
+# CUDA kernels (one warp per query row, its max and sum reduced by warp shuffles in `csrc/cuda/attention.cu`, run
 # here on the emulator) keep only the lse. Their lse and outputs agree with the tiled NumPy forward above.
 
 # %%
@@ -711,6 +717,31 @@ for name in [b for b in ("cpp", "cuda-emu") if md.backend.why_unavailable(b) == 
           f"max |out - twin| = {out_gap:.1e}; NaN rows as the twin: "
           f"{np.array_equal(np.isnan(result.out), np.isnan(out_twin))}")
     assert result.probs is None and lse_gap < 1e-10 and out_gap < 1e-10
+
+# %% [markdown]
+# The backward recomputes each $p_{ij} = e^{s_{ij} - \text{lse}_i}$ where it needs it. So that no two threads add
+# into the same number (no atomics, the same result on every run), the CUDA backward makes two passes that each own
+# what they write: a query-major one for $dQ$ and a key-major one for $dK$ and $dV$, each recomputing the
+# probabilities and $dS$. Both come in the forward's two versions: in version 1 a warp per row reads the other
+# side's rows from main memory; in version 2 a block of four warps takes four rows (query rows for the forward and
+# $dQ$, key rows for $dK$ and $dV$) and stages the other side 32 rows at a time in shared memory, once for all four:
+# keys and values, or queries and their upstream gradients $dO$. A query with no key would make its whole batch
+# element's $dK$ and $dV$ NaN (its probabilities are $0/0$), so here every query keeps a key.
+
+# %%
+if HAS_EMU:
+    mask_b = mask.copy()
+    mask_b[5, 0] = True  # the fully masked query now attends to key 0
+    grad_out = rng.standard_normal(out_twin.shape)
+    grads_twin = attention_backward_ref(grad_out, q, k, v, attention_forward_ref(q, k, v, mask_b, 0.25)[1], 0.25)
+    with md.use_backend("cuda-emu"):
+        for version in CUDA_VERSIONS:
+            result = attention_forward(q, k, v, mask_b, 0.25, version=version)
+            grads = attention_backward(grad_out, q, k, v, mask_b, result, 0.25, version=version)
+            gaps = [np.max(np.abs(g - t)) for g, t in zip(grads, grads_twin, strict=True)]
+            print(f"CUDA version {version} on the emulator: max |grad - twin| for dQ, dK, dV = "
+                  + ", ".join(f"{gap:.1e}" for gap in gaps))
+            assert max(gaps) < 1e-10
 
 # %% [markdown]
 # ## 5. The CUDA thread hierarchy, on the emulator

@@ -136,24 +136,72 @@ def test_attention_emulated_launch_rechecks_what_the_kernels_rely_on():
     with pytest.raises(TypeError, match="float64"):
         forward(q=q.astype(np.float32))
     forward(index=(0, 7), has_mask=0)  # without a mask, the mask arguments are not read
-    args = (q, q, q, mask, np.zeros(2, np.int64), 1, 1.0, out, lse, *sizes)
-    with pytest.raises(ValueError, match="shared_mem: attention_forward_v2_kernel needs 2048 bytes"):
-        emu.attention_forward_v2_kernel((1,), (128,), *args, shared_mem=2047)
-    with pytest.raises(ValueError, match=r"block: attention_forward_v2_kernel needs \(128,\)"):
-        emu.attention_forward_v2_kernel((1,), (64,), *args, shared_mem=2048)
+    inputs = (q, q, q, mask, np.zeros(2, np.int64), 1, 1.0)
+    for pass_, outputs in (("forward", (out, lse)), ("grad_q", (out, lse, lse, q)),
+                           ("grad_kv", (out, lse, lse, q, out))):
+        kernel, args = f"attention_{pass_}_v2_kernel", (*inputs, *outputs, *sizes)
+        getattr(emu, kernel)((1,), (128,), *args, shared_mem=2048)  # 32 (4 + 4) doubles: the valid launch runs
+        with pytest.raises(ValueError, match=f"shared_mem: {kernel} needs 2048 bytes"):
+            getattr(emu, kernel)((1,), (128,), *args, shared_mem=2047)
+        with pytest.raises(ValueError, match=rf"block: {kernel} needs \(128,\)"):
+            getattr(emu, kernel)((1,), (64,), *args, shared_mem=2048)
 
 
-def test_attention_version_2_needs_its_key_block_in_shared_memory():
-    """Version 2 stages 32 keys and values in 48 KiB: with D + Dv = 200 float64 numbers they do not fit, so asking
-    for it is an error and the default is version 1."""
+def test_attention_version_2_needs_its_blocks_in_shared_memory():
+    """Version 2 stages blocks of 32 rows of D + Dv numbers (keys and values; or queries and dO) in 48 KiB: with
+    D + Dv = 200 float64 numbers they do not fit, so asking for it is an error, forward or backward, and the default
+    is version 1."""
     rng = np.random.default_rng(1)
-    q, k, v = (rng.standard_normal(shape) for shape in ((2, 100), (3, 100), (3, 100)))
+    q, k, v, grad_out = (rng.standard_normal(shape) for shape in ((2, 100), (3, 100), (3, 100), (2, 100)))
     with md.use_backend("cuda-emu"):
-        with pytest.raises(ValueError, match="version: 2 stages 32 keys and values"):
+        with pytest.raises(ValueError, match="version: 2 stages blocks of 32 rows of D \\+ Dv = 200 numbers"):
             attention_forward(q, k, v, None, 0.1, version=2)
-        out = attention_forward(q, k, v, None, 0.1).out
-    expected, scales = twin_and_scale(q, k, v, None, 0.1, np.zeros((2, 100)))
-    assert_close_with_specials(out, expected[0], scales[0], np.float64, "out:")
+        forward = attention_forward(q, k, v, None, 0.1)
+        with pytest.raises(ValueError, match="version: 2 stages blocks of 32 rows"):
+            attention_backward(grad_out, q, k, v, None, forward, 0.1, version=2)
+        grads = attention_backward(grad_out, q, k, v, None, forward, 0.1)
+    expected, scales = twin_and_scale(q, k, v, None, 0.1, grad_out)
+    for name, got, e, s in zip(NAMES, (forward.out, forward.lse, *grads), expected, scales, strict=True):
+        assert_close_with_specials(got, e, s, np.float64, f"{name}:")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_attention_backward_v2_same_bits_on_any_grid_and_schedule(dtype):
+    """Version 2's backward passes on grids of 1 block (striding over every tile, each tile's blocks staged over the
+    last tile's), 3 blocks and a block per tile, under both schedules: the same numbers bit for bit (each is written
+    by one warp, summing in a fixed order: no atomics), and the twin's. 2 batch elements of Lq = 37 queries and
+    Lk = 33 keys: tiles of 4 rows end part-filled, and so do blocks of 32; rows whose first key block is masked, and
+    a query with no key."""
+    rng = np.random.default_rng(3)
+    batch, lq, lk, d, dv = 2, 37, 33, 5, 3
+    q, k, v, grad_out = (rng.standard_normal(s).astype(dtype) for s in ((batch, lq, d), (batch, lk, d),
+                                                                         (batch, lk, dv), (batch, lq, dv)))
+    mask = rng.random((batch, lq, lk)) < 0.8
+    mask[0, 1::3, :WARP] = False  # only the second key block: its last key
+    mask[0, 1::3, WARP] = True
+    mask[1, 4] = False  # no key: NaN in every dK and dV of element 1, none in element 0's
+    expected, scales = twin_and_scale(q, k, v, mask, 0.4, grad_out)
+    out, lse = (e.astype(dtype) for e in expected[:2])
+    delta = np.sum(grad_out * out, axis=-1)  # NaN for the query with no key, as the kernels' own D
+    emu = md.backend.extension().cuda_emu
+    inputs = (q, k, v, mask.view(np.uint8), np.arange(batch, dtype=np.int64), 1, 0.4, grad_out, lse, delta)
+    shared = WARP * (d + dv) * np.dtype(dtype).itemsize
+    runs = []
+    for schedule in EMULATOR_SCHEDULES:
+        for blocks in (1, 3, batch * -(-max(lq, lk) // 4)):
+            grads = [np.empty_like(a) for a in (q, k, v)]
+            with emulator_schedule(schedule):
+                emu.attention_grad_q_v2_kernel((blocks,), (128,), *inputs, grads[0], batch, lq, lk, d, dv,
+                                               shared_mem=shared)
+                emu.attention_grad_kv_v2_kernel((blocks,), (128,), *inputs, *grads[1:], batch, lq, lk, d, dv,
+                                                shared_mem=shared)
+            runs.append((f"{blocks} blocks, {schedule}", grads))
+    for what, grads in runs[1:]:
+        for name, got, first in zip(NAMES[2:], grads, runs[0][1], strict=True):
+            np.testing.assert_array_equal(got, first, err_msg=f"{name}: {what} against {runs[0][0]}")
+    for name, got, e, s in zip(NAMES[2:], runs[0][1], expected[2:], scales[2:], strict=True):
+        assert np.isfinite(e[0]).all(), f"{name}: the problem should leave element 0 finite"
+        assert_close_with_specials(got, e, s, dtype, f"v2 {name}:")
 
 
 def test_attention_versions_belong_to_the_cuda_kernels():

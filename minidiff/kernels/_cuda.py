@@ -30,8 +30,8 @@ INSTANCES: dict[str, tuple[str, ...]] = {
     "gemm.cu": _both_types(*(f"gemm_v{v}_kernel" for v in (1, 2, 3, 4))),
     "conv2d.cu": _both_types(*(f"conv2d_{part}_v{v}_kernel" for v in (1, 2)
                                for part in ("forward", "grad_weight", "grad_x"))),
-    "attention.cu": _both_types("attention_forward_v1_kernel", "attention_forward_v2_kernel", "attention_delta_kernel",
-                                "attention_grad_q_v1_kernel", "attention_grad_kv_v1_kernel"),
+    "attention.cu": _both_types("attention_delta_kernel", *(f"attention_{part}_v{v}_kernel" for v in (1, 2)
+                                                            for part in ("forward", "grad_q", "grad_kv"))),
     "group_norm.cu": _both_types("group_norm_forward_kernel", "group_norm_backward_kernel",
                                  "group_norm_param_grad_kernel"),
 }

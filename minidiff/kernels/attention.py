@@ -10,9 +10,11 @@ Two ways to the same numbers:
   numbered versions (`version=`):
       version 1   one warp per row: its lanes over 32 keys at a time, the row's max and sum by warp shuffles; the
                   backward in two passes, query-major (dQ) and key-major (dK, dV), so that no atomics are needed.
-      version 2   the forward flash style: a block per tile of 4 query rows (a warp each), every 32 keys and their
-                  values staged in shared memory once for the tile; the backward is version 1's. The default where
-                  32 (D + Dv) numbers fit in 48 KiB of shared memory, else version 1.
+      version 2   the flash style: a block per tile of 4 rows (a warp each), every 32 of the other side's rows
+                  staged in shared memory once for the tile: in the forward and the query-major pass a tile of
+                  query rows and blocks of keys and values, in the key-major pass a tile of key rows and blocks of
+                  queries and their rows of dO. The default where 32 (D + Dv) numbers fit in 48 KiB of shared
+                  memory, else version 1 (forward and backward alike).
 `attention_forward` returns an AttentionForward with what its backward needs: probs or lse, never both.
 
 A boolean mask marks the (query, key) pairs that may attend (True = keep), as PyTorch's boolean attn_mask. A
@@ -75,12 +77,7 @@ def attention_forward(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndar
     current backend; leading axes broadcast. version: on "cuda" and "cuda-emu", None (the newest) or one of
     CUDA_VERSIONS; elsewhere None."""
     _check_attention(q, k, v, mask, scale)
-    asked, version = version, _cuda.pick_version(version, CUDA_VERSIONS)
-    if version == 2 and _staged_bytes(q, v) > _MAX_SHARED_BYTES:
-        if asked is not None:
-            raise ValueError(f"version: 2 stages 32 keys and values (D + Dv = {q.shape[-1] + v.shape[-1]} numbers "
-                             f"each) in {_MAX_SHARED_BYTES} bytes of shared memory, which they overflow; use version 1")
-        version = 1
+    version = _pick_version(version, q, v)
     if version is not None:
         return _forward_cuda(q, k, v, mask, float(scale), version)
     return implementation({"numpy": _forward_numpy, "cpp": _forward_cpp})(q, k, v, mask, float(scale))
@@ -91,18 +88,31 @@ def attention_backward(grad_out: np.ndarray, q: np.ndarray, k: np.ndarray, v: np
                        version: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(grad_q, grad_k, grad_v), each of the broadcast batch shape, from what the forward kept (whatever the backend
     is now): the NumPy twin from its probs; from an lse (the C++ and CUDA kernels keep the same one), the CUDA
-    kernel on "cuda" and "cuda-emu" (`version` as for attention_forward), else the C++ kernel."""
+    kernel on "cuda" and "cuda-emu" (`version` as for attention_forward, whichever version ran the forward: each
+    keeps the same lse), else the C++ kernel."""
     _check_attention(q, k, v, mask, scale)
     _checks.like(grad_out, "grad_out", forward.out, "the forward's out")
     if forward.lse is not None and (forward.lse.shape != forward.out.shape[:-1] or forward.lse.dtype != q.dtype):
         raise ValueError(f"forward: expected lse of shape {forward.out.shape[:-1]} and dtype {q.dtype} (out's rows), "
                          f"got {forward.lse.shape} {forward.lse.dtype}")
-    version = _cuda.pick_version(version, CUDA_VERSIONS)
+    version = _pick_version(version, q, v)
     if forward.lse is None:
         return attention_backward_ref(grad_out, q, k, v, forward.probs, float(scale))
     if version is not None:
-        return _backward_cuda(grad_out, q, k, v, mask, forward, float(scale))
+        return _backward_cuda(grad_out, q, k, v, mask, forward, float(scale), version)
     return _backward_cpp(grad_out, q, k, v, mask, forward, float(scale))
+
+
+def _pick_version(version: int | None, q: np.ndarray, v: np.ndarray) -> int | None:
+    """The CUDA version to run (None off "cuda" and "cuda-emu"): the newest whose shared memory fits, or the one
+    asked for, which must fit."""
+    asked, version = version, _cuda.pick_version(version, CUDA_VERSIONS)
+    if version == 2 and _staged_bytes(q, v) > _MAX_SHARED_BYTES:
+        if asked is not None:
+            raise ValueError(f"version: 2 stages blocks of 32 rows of D + Dv = {q.shape[-1] + v.shape[-1]} numbers "
+                             f"in {_MAX_SHARED_BYTES} bytes of shared memory, which they overflow; use version 1")
+        version = 1
+    return version
 
 
 def _check_attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None, scale: float) -> None:
@@ -205,8 +215,18 @@ def _warp_per_row_launch(rows: int) -> tuple[tuple[int], tuple[int]]:
 
 
 def _staged_bytes(q: np.ndarray, v: np.ndarray) -> int:
-    """Version 2's dynamic shared memory: 32 rows of keys (D) and of values (Dv)."""
+    """Version 2's dynamic shared memory: 32 rows of D numbers (keys or queries) and of Dv (values or dO)."""
     return 32 * (q.shape[-1] + v.shape[-1]) * q.itemsize
+
+
+def _launch(version: int, batch: int, rows: int, q: np.ndarray, v: np.ndarray) -> dict:
+    """grid, block and shared_mem of a version's kernel that owns `rows` rows of each of `batch` elements: a warp
+    per row; in version 2 a block per tile of _TILE_ROWS rows, with its staged blocks in shared memory."""
+    if version == 1:
+        grid, block = _warp_per_row_launch(batch * rows)
+        return {"grid": grid, "block": block}
+    tiles = batch * -(-rows // _TILE_ROWS)
+    return {"grid": (min(tiles, _cuda.MAX_BLOCKS),), "block": (32 * _TILE_ROWS,), "shared_mem": _staged_bytes(q, v)}
 
 
 def _cuda_inputs(backend: str, b: _Batched, scale: float) -> tuple:
@@ -232,22 +252,17 @@ def _forward_cuda(q, k, v, mask, scale, version) -> AttentionForward:
     lse = xp.empty(out.shape[:2], q.dtype)  # (B, Lq)
     if lse.size:
         out_dev, lse_dev = _cuda.to_device(backend, out), _cuda.to_device(backend, lse)
-        if version == 1:
-            (grid, block), shared = _warp_per_row_launch(lse.size), 0
-        else:  # a block per tile of query rows
-            tiles = b.q.shape[0] * -(-b.q.shape[1] // _TILE_ROWS)
-            grid, block, shared = (min(tiles, _cuda.MAX_BLOCKS),), (32 * _TILE_ROWS,), _staged_bytes(q, v)
-        _cuda.launch(backend, "attention.cu", f"attention_forward_v{version}_kernel<{_cuda.ctype(q.dtype)}>", grid,
-                     block, (*_cuda_inputs(backend, b, scale), out_dev, lse_dev, *_sizes(b)), writes=(7, 8),
-                     shared_mem=shared)
+        _cuda.launch(backend, "attention.cu", f"attention_forward_v{version}_kernel<{_cuda.ctype(q.dtype)}>",
+                     args=(*_cuda_inputs(backend, b, scale), out_dev, lse_dev, *_sizes(b)), writes=(7, 8),
+                     **_launch(version, *lse.shape, q, v))
         _cuda.to_host(out_dev, out)
         _cuda.to_host(lse_dev, lse)
     return AttentionForward(out.reshape(b.batch + out.shape[1:]), None, lse.reshape(b.batch + lse.shape[1:]))
 
 
-def _backward_cuda(grad_out, q, k, v, mask, forward: AttentionForward, scale):
+def _backward_cuda(grad_out, q, k, v, mask, forward: AttentionForward, scale, version):
     """D = rowsum(dO * O) first (attention_delta_kernel), then the query-major pass (dQ) and the key-major one
-    (dK, dV): version 1's kernels for either version."""
+    (dK, dV) of `version`."""
     backend, xp = _backend.get_backend(), _checks.array_module(q)
     b = _Batched.of(q, k, v, mask)
     grads = [xp.empty(a.shape, a.dtype) for a in (b.q, b.k, b.v)]  # (B, Lq, D), (B, Lk, D), (B, Lk, Dv)
@@ -261,12 +276,13 @@ def _backward_cuda(grad_out, q, k, v, mask, forward: AttentionForward, scale):
         _cuda.launch(backend, "attention.cu", f"attention_delta_kernel<{t}>", *_warp_per_row_launch(rows),
                      (grad_out.reshape(rows, dv), out.reshape(rows, dv), delta.reshape(rows), np.int64(rows),
                       np.int64(dv)), writes=(2,))
-        _cuda.launch(backend, "attention.cu", f"attention_grad_q_v1_kernel<{t}>", *_warp_per_row_launch(rows),
-                     (*inputs, grad_out, lse, delta, grads_dev[0], *sizes), writes=(10,))
+        _cuda.launch(backend, "attention.cu", f"attention_grad_q_v{version}_kernel<{t}>",
+                     args=(*inputs, grad_out, lse, delta, grads_dev[0], *sizes), writes=(10,),
+                     **_launch(version, *b.q.shape[:2], q, v))
     if b.k.shape[0] * b.k.shape[1]:
-        _cuda.launch(backend, "attention.cu", f"attention_grad_kv_v1_kernel<{t}>",
-                     *_warp_per_row_launch(b.k.shape[0] * b.k.shape[1]),
-                     (*inputs, grad_out, lse, delta, grads_dev[1], grads_dev[2], *sizes), writes=(10, 11))
+        _cuda.launch(backend, "attention.cu", f"attention_grad_kv_v{version}_kernel<{t}>",
+                     args=(*inputs, grad_out, lse, delta, grads_dev[1], grads_dev[2], *sizes), writes=(10, 11),
+                     **_launch(version, *b.k.shape[:2], q, v))
     for g, g_dev in zip(grads, grads_dev, strict=True):
         _cuda.to_host(g_dev, g)
     return tuple(g.reshape(b.batch + g.shape[1:]) for g in grads)
