@@ -5,6 +5,8 @@ indexing; bad input at the Python, C++ and emulated-launch boundaries."""
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 from backends import require_backend
@@ -198,6 +200,33 @@ def test_numpy_backend_runs_the_twin():
     a, b = rng.standard_normal((4, 3)), rng.standard_normal((3, 5))
     with md.use_backend("numpy"):
         np.testing.assert_array_equal(gemm(a, b, alpha=2.0), 2.0 * (a @ b))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_autodiff_matmul_runs_on_the_gemm_from_its_threshold(dtype, monkeypatch):
+    """The autodiff's matrix product (minidiff.kernels.gemm.matmul) on "cpp": a stack of rows (..., k) times a
+    transposed matrix, forward and both gradients, from MATMUL_MIN_FMAS multiply-adds on minidiff's GEMM, below it on
+    NumPy's matmul; every result equals the float64 product."""
+    require_backend("cpp")
+    gemm_module = importlib.import_module("minidiff.kernels.gemm")  # (minidiff.kernels.gemm is also the function)
+    calls = []
+    monkeypatch.setattr(gemm_module, "gemm", lambda a, b: calls.append(a.shape) or gemm(a, b))
+    rng = np.random.default_rng(8)
+    k, n = 24, 40
+    for rows, routed in ((gemm_module.MATMUL_MIN_FMAS // (k * n) + 1, True), (4, False)):
+        calls.clear()
+        x = md.tensor(rng.standard_normal((2, rows, k)).astype(dtype), requires_grad=True)
+        w = md.tensor(rng.standard_normal((n, k)).astype(dtype), requires_grad=True)
+        g = rng.standard_normal((2, rows, n)).astype(dtype)
+        with md.use_backend("cpp"):
+            out = x @ w.T  # (2, rows, n)
+            out.backward(md.tensor(g))
+        x64, w64, g = x.data.astype(np.float64), w.data.astype(np.float64), g.astype(np.float64)
+        assert_close(out.data, x64 @ w64.T, scale=np.abs(x64) @ np.abs(w64.T), what="a @ b")
+        assert_close(x.grad, g @ w64, scale=np.abs(g) @ np.abs(w64), what="grad a")
+        assert_close(w.grad, np.einsum("brn,brk->nk", g, x64), scale=np.einsum("brn,brk->nk", np.abs(g), np.abs(x64)),
+                     what="grad b")
+        assert bool(calls) == routed, f"{rows} rows: expected GEMM calls {routed}, got {calls}"
 
 
 # --- bad input -----------------------------------------------------------------------------------------------------

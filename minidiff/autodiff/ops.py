@@ -18,6 +18,7 @@ from minidiff.autodiff.function import Context, Function, sum_to_shape
 from minidiff.backend import array_module, as_array, is_device_array
 from minidiff.exercise_tools import exercise
 from minidiff.kernels.activation import stable_sigmoid
+from minidiff.kernels.gemm import matmul
 
 
 def _shape(x: Any) -> tuple[int, ...]:
@@ -568,7 +569,7 @@ class MatMul(Function):
         if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
             raise ValueError(f"matmul: inner dimensions differ, a {a.shape} @ b {b.shape}")
         ctx.save(a, b)
-        return np.matmul(a, b)
+        return matmul(a, b)
 
     @staticmethod
     @exercise("ex01.3")
@@ -582,8 +583,8 @@ class MatMul(Function):
         if a.ndim == 1:
             g2 = np.expand_dims(g2, -2)  # (..., n, m)
         # BEGIN SOLUTION ex01.3: grad_a = g2 @ b2^T and grad_b = a2^T @ g2, each summed over broadcast batch axes
-        grad_a = sum_to_shape(g2 @ _swap_last(b2), a2.shape) if ctx.needs_input_grad[0] else None
-        grad_b = sum_to_shape(_swap_last(a2) @ g2, b2.shape) if ctx.needs_input_grad[1] else None
+        grad_a = sum_to_shape(matmul(g2, _swap_last(b2)), a2.shape) if ctx.needs_input_grad[0] else None
+        grad_b = sum_to_shape(matmul(_swap_last(a2), g2), b2.shape) if ctx.needs_input_grad[1] else None
         # END SOLUTION
         return (None if grad_a is None else grad_a.reshape(a.shape),
                 None if grad_b is None else grad_b.reshape(b.shape))

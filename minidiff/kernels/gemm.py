@@ -43,6 +43,25 @@ def gemm_ref(a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None, alpha: f
     return product if beta == 0.0 else product + beta * c
 
 
+# Multiply-adds from which the autodiff's matrix products run on minidiff's GEMM on the "cpp" backend: the size from
+# which OpenBLAS starts its own threads. Below it NumPy's matmul is faster (no checks); above it, OpenBLAS's
+# threads, which keep spinning after each call, took the second core from the C++ kernels' threads (the digits
+# U-Net's forward ran slower on 2 threads than on 1).
+MATMUL_MIN_FMAS = 1 << 18
+
+
+def matmul(a: Any, b: Any) -> Any:
+    """a @ b as NumPy's matmul computes it (batched, broadcast, 1-D operands), the autodiff's matrix product. On the
+    "cpp" backend a float product of two matrices, or of a stack of row vectors (..., k) and a matrix (k, n), with at
+    least MATMUL_MIN_FMAS multiply-adds runs on minidiff's GEMM (version 4), so that one thread pool does the work."""
+    if (_backend.get_backend() == "cpp" and b.ndim == 2 and a.ndim >= 2 and a.dtype == b.dtype
+            and a.dtype in _checks.FLOAT_DTYPES and isinstance(a, np.ndarray) and isinstance(b, np.ndarray)
+            and a.shape[-1] == b.shape[0] and a.size * b.shape[1] >= MATMUL_MIN_FMAS):
+        rows = a.reshape(-1, a.shape[-1])  # (..., k) -> (m, k): a view when a's rows are one after another
+        return gemm(rows, b).reshape(*a.shape[:-1], b.shape[1])
+    return np.matmul(a, b)
+
+
 def micro_kernels() -> list[str]:
     """The micro-kernels version 4 can use in this build, best last (e.g. ["portable", "avx2", "avx512"])."""
     return [k["name"] for k in _backend.extension().gemm_micro_kernels()]
